@@ -1,0 +1,43 @@
+"""What a backend is asked to do: one request per item, fully resolved by the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    """Describe one image. `prompt` is the question put to the model."""
+
+    image: Image.Image
+    prompt: str
+    max_new_tokens: int
+    #: Greedy decoding when 0; sampling temperature otherwise.
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Render one image from a text prompt."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    txt_cfg: float
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Edit one image following an instruction. The output size follows the input's aspect ratio."""
+
+    image: Image.Image
+    instruction: str
+    steps: int
+    seed: int
+    img_cfg: float
+    txt_cfg: float

@@ -1,0 +1,1 @@
+"""Producer side and the domain: settings, SQL models, state machine, submission, sources, status, export, CLI."""

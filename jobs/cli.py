@@ -1,0 +1,344 @@
+"""The `ovis-batch` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from jobs.api import Client, JobReport
+from jobs.errors import OvisBatchError
+from jobs.lifecycle import JobKind, JobStatus
+from jobs.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Batch captioning, text-to-image and editing with Ovis-U1.", no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+submit_app = typer.Typer(help="Submit a job to the workers.", no_args_is_help=True)
+run_app = typer.Typer(
+    help="Submit and process a job in this process (no servers needed).", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(submit_app, name="submit")
+app.add_typer(run_app, name="run")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (OvisBatchError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- submit / run: one definition of each kind's options, used by both ------------------------------------
+InputOpt = typer.Option(
+    ..., "--input", "-i", help="Folder, s3:// prefix, prompt .txt or .jsonl/.csv/.parquet"
+)
+SeedOpt = typer.Option(42, help="Job seed; each item's seed derives from it and the item's id.")
+PriorityOpt = typer.Option(0, min=0, max=9, help="0 (lowest) to 9: higher runs first.")
+OutputOpt = typer.Option(None, "--output", help="Storage URL for outputs (default: OVIS_BATCH_STORAGE_URL).")
+
+
+def _drop_none(**values: Any) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _register(
+    target: typer.Typer, action: Callable[[JobKind, str, dict[str, Any], int, str | None], None]
+) -> None:
+    @target.command("caption")
+    def caption(
+        input: str = InputOpt,
+        prompt: str | None = typer.Option(None, help="Question put to the model for every image."),
+        max_new_tokens: int | None = typer.Option(None, help="Longest caption, in tokens."),
+        temperature: float = typer.Option(0.0, help="0 = greedy decoding."),
+        seed: int = SeedOpt,
+        priority: int = PriorityOpt,
+        output: str | None = OutputOpt,
+    ) -> None:
+        """Caption images."""
+        params = _drop_none(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        action(JobKind.CAPTION, input, params, priority, output)
+
+    @target.command("generate")
+    def generate(
+        input: str = InputOpt,
+        width: int | None = typer.Option(None, help="Output width (multiple of 16)."),
+        height: int | None = typer.Option(None, help="Output height (multiple of 16)."),
+        steps: int | None = typer.Option(None, help="Sampling steps."),
+        txt_cfg: float | None = typer.Option(None, help="Text guidance scale."),
+        seed: int = SeedOpt,
+        priority: int = PriorityOpt,
+        output: str | None = OutputOpt,
+    ) -> None:
+        """Render images from prompts."""
+        params = _drop_none(width=width, height=height, steps=steps, txt_cfg=txt_cfg, seed=seed)
+        action(JobKind.GENERATE, input, params, priority, output)
+
+    @target.command("edit")
+    def edit(
+        input: str = InputOpt,
+        steps: int | None = typer.Option(None, help="Sampling steps."),
+        img_cfg: float | None = typer.Option(None, help="Image guidance scale."),
+        txt_cfg: float | None = typer.Option(None, help="Text guidance scale."),
+        seed: int = SeedOpt,
+        priority: int = PriorityOpt,
+        output: str | None = OutputOpt,
+    ) -> None:
+        """Edit images following instructions (a manifest of image + instruction)."""
+        params = _drop_none(steps=steps, img_cfg=img_cfg, txt_cfg=txt_cfg, seed=seed)
+        action(JobKind.EDIT, input, params, priority, output)
+
+
+def _submit(kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None) -> None:
+    client = Client(get_settings())
+    job_id = _guard(lambda: client.submit(kind, source, params=params, priority=priority, output_url=output))
+    report = client.status(job_id)
+    console.print(f"submitted {kind.value} job [bold]{job_id}[/bold] with {report.total} items")
+    print(job_id)
+
+
+def _run(kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None) -> None:
+    settings = get_settings()
+    if output:
+        settings = settings.model_copy(update={"storage_url": output})
+    report = run_embedded(settings, kind, source, params)
+    _print_outcome(report)
+
+
+def run_embedded(settings: Settings, kind: JobKind, source: str, params: dict[str, Any]) -> JobReport:
+    """Run one job in this process with a progress bar; return its final report."""
+    # The CLI is where producer and worker meet: only the embedded mode imports the worker side.
+    from workers.embedded import EmbeddedRunner
+
+    runner = EmbeddedRunner(settings)
+    with _progress() as progress:
+        task = progress.add_task(f"{kind.value}", total=None)
+
+        def show(report: JobReport) -> None:
+            progress.update(task, total=report.total, completed=report.done)
+
+        return _guard(lambda: runner.run(kind, source, params=params, on_progress=show))
+
+
+_register(submit_app, _submit)
+_register(run_app, _run)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _print_outcome(report: JobReport) -> None:
+    colour = "green" if report.status == JobStatus.SUCCEEDED.value else "yellow"
+    console.print(
+        f"job {report.id}: [{colour}]{report.status}[/{colour}] "
+        f"({report.succeeded} succeeded, {report.failed} failed, {report.cancelled} cancelled)"
+    )
+    console.print(f"outputs: {report.output_url.rstrip('/')}/{report.id}/")
+    if report.export_url:
+        console.print(f"results: {report.export_url}")
+
+
+# -- watching and managing ---------------------------------------------------------------------------------
+@app.command()
+def status(
+    job_id: str,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until the job ends."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    interval: float = typer.Option(1.0, help="Seconds between refreshes with --watch."),
+) -> None:
+    """Show a job's progress."""
+    client = Client(get_settings())
+    report: JobReport = _guard(lambda: client.status(job_id))
+    if as_json:
+        data = report.as_dict() | {"errors": client.errors_by_code(job_id)}
+        print(json.dumps(data))
+        return
+    if watch and not JobStatus(report.status).final:
+        with _progress() as progress:
+            task = progress.add_task(f"{report.kind} {job_id[:8]}", total=report.total, completed=report.done)
+            while not JobStatus(report.status).final:
+                time.sleep(interval)
+                report = client.status(job_id)
+                progress.update(task, total=report.total, completed=report.done)
+    _print_report(report, client.errors_by_code(job_id) if report.failed else {})
+
+
+def _print_report(report: JobReport, errors: dict[str, int]) -> None:
+    table = Table(show_header=False, box=None)
+    for name, value in [
+        ("job", report.id),
+        ("kind", report.kind),
+        ("status", report.status),
+        ("priority", report.priority),
+        ("items", report.total),
+        ("queued", report.queued),
+        ("running", report.running),
+        ("succeeded", report.succeeded),
+        ("failed", report.failed),
+        ("cancelled", report.cancelled),
+        ("created", report.created_at),
+        ("started", report.started_at),
+        ("finished", report.finished_at),
+        ("outputs", report.output_url),
+        ("results", report.export_url or "-"),
+    ]:
+        table.add_row(name, str(value if value is not None else "-"))
+    for code, count in sorted(errors.items()):
+        table.add_row(f"  {code}", str(count))
+    console.print(table)
+
+
+@app.command("list")
+def list_jobs(
+    status: str | None = typer.Option(None, help="Only jobs in this state."),
+    kind: str | None = typer.Option(None, help="Only jobs of this kind."),
+    limit: int = typer.Option(50, help="At most this many."),
+) -> None:
+    """List jobs, newest first."""
+    table = Table("job", "kind", "status", "prio", "done", "failed", "created")
+    for r in Client(get_settings()).list(status=status, kind=kind, limit=limit):
+        table.add_row(
+            r.id,
+            r.kind,
+            r.status,
+            str(r.priority),
+            f"{r.done}/{r.total}",
+            str(r.failed),
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def export(
+    job_id: str,
+    out: str = typer.Option(..., "--out", "-o", help="File to write."),
+    fmt: str = typer.Option("", "--format", "-f", help="jsonl or parquet (default: from the file name)."),
+) -> None:
+    """Export a job's results (also while it runs)."""
+    fmt = fmt or ("parquet" if out.endswith(".parquet") else "jsonl")
+    count = _guard(lambda: Client(get_settings()).export(job_id, out, fmt))
+    console.print(f"wrote {count} rows to {out}")
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    """Cancel a job: nothing new starts; running micro-batches finish."""
+    report = _guard(lambda: Client(get_settings()).cancel(job_id))
+    console.print(f"job {job_id}: {report.status}")
+
+
+@app.command()
+def resume(job_id: str) -> None:
+    """Re-dispatch every item of a job that has not ended."""
+    count = _guard(lambda: Client(get_settings()).resume(job_id))
+    console.print(f"re-dispatched {count} items of job {job_id}")
+
+
+@app.command()
+def retry(job_id: str, failed: bool = typer.Option(True, "--failed", help="Retry the failed items.")) -> None:
+    """Queue the failed items of a job again."""
+    count = _guard(lambda: Client(get_settings()).retry_failed(job_id))
+    console.print(f"queued {count} failed items of job {job_id} again")
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+@app.command()
+def worker(
+    concurrency: int = typer.Option(1, help="Worker processes (prefork); 1 runs in this process (solo)."),
+    queues: str = typer.Option("", help="Comma-separated queues (default: every kind's)."),
+    loglevel: str = typer.Option("INFO", help="Log level."),
+) -> None:
+    """Start a worker: the model is loaded before any message is consumed."""
+    from jobs.broker import worker_queues
+    from workers.celery_app import app as celery_app
+
+    settings = get_settings()
+    names = [q.strip() for q in queues.split(",") if q.strip()] or worker_queues(settings)
+    pool = ["--pool=solo"] if concurrency == 1 else ["--pool=prefork", f"--concurrency={concurrency}"]
+    argv = [
+        "worker",
+        "-E",
+        f"--loglevel={loglevel}",
+        f"--queues={','.join(names)}",
+        "--without-gossip",
+        "--without-mingle",
+        *pool,
+    ]
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    celery_app.conf.worker_proc_alive_timeout = 600
+    try:
+        celery_app.worker_main(argv)
+    except OvisBatchError as exc:
+        raise _fail(str(exc)) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Migrate the database up."""
+    from jobs.db import upgrade
+
+    upgrade(get_settings().resolved_database_url, revision)
+    console.print(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision; 'base' drops the tables."),
+) -> None:
+    """Migrate the database down."""
+    from jobs.db import downgrade
+
+    downgrade(get_settings().resolved_database_url, revision)
+    console.print(f"database at {revision}")
+
+
+@app.command()
+def demo(out: str = typer.Option("demo-output", help="Folder for the demo's inputs and outputs.")) -> None:
+    """Caption, edit and generate from scikit-image's sample photos on the tiny random-weight model."""
+    from jobs.demo import run_demo
+
+    _guard(lambda: run_demo(out, console))
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    """Entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,97 @@
+"""SQL tables: one row per job, one per item. The database is the record of truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention (stable names for migrations)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """One submission of one kind, with its parameters and counters kept per item state."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: Validated job parameters (JSON, no secrets).
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Where the items came from, as the user gave it.
+    source: Mapped[str] = mapped_column(Text, default="")
+    #: Storage URL under which outputs are written: `{output_url}/{job_id}/...`.
+    output_url: Mapped[str] = mapped_column(Text)
+    #: Export written when the job finished (captions).
+    export_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    n_queued: Mapped[int] = mapped_column(Integer, default=0)
+    n_running: Mapped[int] = mapped_column(Integer, default=0)
+    n_succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    n_cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Item(Base):
+    """One unit of work: an image to caption, a prompt to render, an (image, instruction) to edit."""
+
+    __tablename__ = "items"
+    # Items are addressed by (job_id, seq): chunk messages carry a seq range, never item rows.
+    __table_args__ = (
+        UniqueConstraint("job_id", "key"),
+        Index("ix_items_job_id_status", "job_id", "status"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    #: Position in the job's source, 0-based.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The id the user gave the item (or one derived from its input); outputs are matched by it.
+    key: Mapped[str] = mapped_column(String(512))
+    #: Input image URL (caption, edit); empty for generate.
+    source: Mapped[str] = mapped_column(Text, default="")
+    #: Caption question, generation prompt or edit instruction; empty means the job's default.
+    text: Mapped[str] = mapped_column(Text, default="")
+    #: Per-item parameter overrides (seed, size, ...), validated at submit.
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Caption text, or the URL of the output image.
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

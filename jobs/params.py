@@ -1,0 +1,108 @@
+"""Job parameters per kind, validated at submit. Unset values take the backend's defaults at run time."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.errors import InvalidParameters
+from jobs.lifecycle import JobKind
+
+MAX_SIDE = 2048
+MIN_SIDE = 64
+SIZE_MULTIPLE = 16
+MAX_STEPS = 200
+MAX_NEW_TOKENS = 8192
+SEED_MAX = 2**31 - 1
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Job seed; each item's seed is derived from it and the item's id.
+    seed: int = Field(default=42, ge=0, le=SEED_MAX)
+
+
+class CaptionParams(_Params):
+    """Captioning: the question put to the model and how long an answer may be."""
+
+    prompt: str | None = Field(default=None, min_length=1)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    #: 0 means greedy decoding.
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+
+
+class GenerateParams(_Params):
+    """Text-to-image: output size, sampling steps and text guidance."""
+
+    width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    txt_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple(cls, value: int | None) -> int | None:
+        if value is not None and value % SIZE_MULTIPLE:
+            raise ValueError(f"must be a multiple of {SIZE_MULTIPLE} (got {value})")
+        return value
+
+
+class EditParams(_Params):
+    """Editing: sampling steps, image and text guidance. The output size follows the input."""
+
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    img_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+    txt_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+
+
+PARAMS_BY_KIND: dict[JobKind, type[_Params]] = {
+    JobKind.CAPTION: CaptionParams,
+    JobKind.GENERATE: GenerateParams,
+    JobKind.EDIT: EditParams,
+}
+
+
+def _explain(error: ValidationError, where: str) -> str:
+    parts = []
+    for issue in error.errors():
+        field = ".".join(str(p) for p in issue["loc"]) or "parameters"
+        parts.append(f"{field}: {issue['msg']}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def validate_params(kind: JobKind, values: dict[str, Any], *, where: str = "job parameters") -> _Params:
+    """Validate job or item parameters for `kind`; raise InvalidParameters saying what is allowed."""
+    model = PARAMS_BY_KIND[kind]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidParameters(_explain(exc, where)) from None
+
+
+def validate_text(text: str, *, max_chars: int, what: str, required: bool) -> str:
+    """Check a prompt or instruction: not empty where required, not over the length limit."""
+    text = text.strip()
+    if required and not text:
+        raise InvalidParameters(f"{what} is empty")
+    if len(text) > max_chars:
+        raise InvalidParameters(f"{what} has {len(text)} characters; at most {max_chars} are allowed")
+    return text
+
+
+def item_seed(job_seed: int, key: str) -> int:
+    """A seed per item from the job seed and the item's id: independent of batch, worker and retry."""
+    digest = hashlib.sha256(f"{job_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & SEED_MAX
+
+
+def resolve(
+    kind: JobKind, job_params: dict[str, Any], item_params: dict[str, Any] | None, defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge backend defaults, job parameters and item overrides (later wins); None means unset."""
+    merged: dict[str, Any] = dict(defaults)
+    for layer in (job_params, item_params or {}):
+        merged.update({name: value for name, value in layer.items() if value is not None})
+    return merged

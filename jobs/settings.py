@@ -1,0 +1,137 @@
+"""The one typed settings object; every value comes from `OVIS_BATCH_*` environment variables or defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage import S3Options
+
+
+def _default_home() -> Path:
+    return Path.cwd() / ".ovis-batch"
+
+
+class Settings(BaseSettings):
+    """Configuration for producers and workers. Embedded defaults need no server at all."""
+
+    model_config = SettingsConfigDict(env_prefix="OVIS_BATCH_", env_nested_delimiter="__", extra="ignore")
+
+    #: Folder for the embedded defaults (SQLite file, broker folders, local outputs).
+    home: Path = Field(default_factory=_default_home)
+    #: SQLAlchemy URL; empty means a SQLite file under `home`.
+    database_url: str = ""
+    #: Celery broker URL; empty means a folder-based broker under `home` (one machine, no server).
+    broker_url: str = ""
+    #: Where outputs go: "s3://bucket/prefix" or a local folder; empty means `home/outputs`.
+    storage_url: str = ""
+    #: Roots inputs may be read from (local folders or s3:// prefixes); empty allows the current directory,
+    #: the storage URL and `home`.
+    input_roots: list[str] = Field(default_factory=list)
+
+    # S3-compatible endpoint; credentials fall back to boto3's standard chain when unset.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: str = "auto"
+
+    #: Model backend: "ovis-u1" (real model), "tiny" (random weights, CPU), "fake" (no torch).
+    backend: str = "tiny"
+    #: Local directory or hub model id (resolved through the local cache) for the "ovis-u1" backend.
+    model_path: str = "AIDC-AI/Ovis-U1-3B"
+    #: Hub revision to pin (the model's remote code runs on every worker).
+    model_revision: str | None = None
+    #: "auto", "cpu", "cuda" or "cuda:N".
+    device: str = "auto"
+    #: Largest micro-batch per kind; 0 keeps the backend's own limit.
+    caption_batch: int = 0
+    generate_batch: int = 0
+    edit_batch: int = 0
+    #: Torch-free backend only: simulated model time.
+    fake_ms_per_item: float = 0.0
+    fake_ms_per_batch: float = 0.0
+
+    #: Items per Celery task; a chunk should take minutes, never hours.
+    chunk_size: int = Field(default=64, ge=1, le=10_000)
+    #: How long a claimed item stays leased to its worker before the reconciler may hand it to another.
+    lease_seconds: int = Field(default=1800, ge=10)
+    #: Broker redelivery of unacknowledged messages; above the longest chunk.
+    visibility_timeout_s: int = Field(default=3 * 3600, ge=60)
+    #: Attempts before an item is quarantined as poison.
+    max_attempts: int = Field(default=3, ge=1)
+    #: Threads fetching and decoding inputs ahead of the model, and encoding/uploading behind it.
+    io_threads: int = Field(default=8, ge=1, le=256)
+    #: Queue name prefix: a job's chunks go to `{queue}.{kind}`.
+    queue: str = "ovis"
+    #: Queues a worker consumes; empty means every kind's (dedicate a worker with e.g. "ovis.caption").
+    queues: list[str] = Field(default_factory=list)
+
+    # Input limits, checked before decoding.
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_prompt_chars: int = 4000
+
+    # Flower
+    flower_port: int = 5555
+    flower_basic_auth: SecretStr | None = None
+
+    @field_validator("input_roots", "queues", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file under `home`."""
+        return self.database_url or f"sqlite:///{self.home / 'ovis-batch.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker URL, defaulting to the folder broker under `home`."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """Where outputs are written."""
+        return self.storage_url or str(self.home / "outputs")
+
+    @property
+    def embedded(self) -> bool:
+        """True when the database is SQLite: migrations run by themselves on first use."""
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def allowed_input_roots(self) -> list[str]:
+        """Roots inputs may come from."""
+        if self.input_roots:
+            return list(self.input_roots)
+        return [str(Path.cwd()), self.resolved_storage_url, str(self.home)]
+
+    def s3_options(self) -> S3Options:
+        """Connection options for the S3-compatible endpoint."""
+        secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=secret,
+            addressing_style=self.s3_addressing_style,
+            max_pool_connections=max(32, self.io_threads * 2),
+        )
+
+    def max_batch_overrides(self) -> dict[str, int]:
+        """Micro-batch limits set by the operator, per kind."""
+        sizes = {"caption": self.caption_batch, "generate": self.generate_batch, "edit": self.edit_batch}
+        return {kind: size for kind, size in sizes.items() if size > 0}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

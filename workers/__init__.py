@@ -1,0 +1,1 @@
+"""Consumer side: the Celery app, chunk tasks, the per-GPU worker launcher and the chunk pipeline."""

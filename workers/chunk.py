@@ -1,0 +1,368 @@
+"""The chunk pipeline: claim -> fetch and decode ahead -> micro-batches on the model -> upload behind -> record.
+
+One bad item never fails its neighbours: fetch errors end only that item, a failing micro-batch is split
+until the failing item stands alone, and out-of-memory halves the batch on the same worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+import storage
+from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
+from jobs import errors
+from jobs.db import session_scope
+from jobs.export import write_results
+from jobs.lifecycle import JobKind, JobStatus
+from jobs.models import Job
+from jobs.params import item_seed, resolve
+from jobs.state import (
+    ClaimedItem,
+    cancel_items,
+    claim_items,
+    finalize_job,
+    record_failures,
+    record_successes,
+    release_items,
+    renew_lease,
+)
+from workers.images import decode_image, encode_png
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+Request = CaptionRequest | GenerateRequest | EditRequest
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class ChunkOutcome:
+    """What one run of a chunk did."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    final_status: JobStatus | None = None
+
+
+@dataclass
+class _Work:
+    item: ClaimedItem
+    request: Request | None = None
+    error: tuple[str, str] | None = None
+
+
+@dataclass
+class _Pending:
+    """Results of a micro-batch waiting for their uploads before they are recorded."""
+
+    outputs: dict[int, Future[str] | str] = field(default_factory=dict)
+    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def output_key(job_id: str, key: str, ext: str) -> str:
+    """Deterministic storage key of an item's output: a redelivered item overwrites, never adds."""
+    safe = _UNSAFE.sub("_", key.replace("/", "__")).strip("._") or "item"
+    if safe != key:
+        import hashlib
+
+        safe = f"{safe[:150]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return f"{job_id}/{safe}.{ext}"
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    return (OperationalError, DBAPIError)
+
+
+class ChunkRun:
+    """One chunk of one job on this worker."""
+
+    def __init__(self, runtime: WorkerRuntime, kind: JobKind, job_id: str, start: int, stop: int) -> None:
+        self.rt = runtime
+        self.settings = runtime.settings
+        self.db = self.settings.resolved_database_url
+        self.kind = kind
+        self.job_id = job_id
+        self.start, self.stop = start, stop
+        self.outcome = ChunkOutcome()
+        self.job_params: dict[str, Any] = {}
+        self.output_url = ""
+        self.open: set[int] = set()  # claimed seqs not yet recorded
+
+    # -- the whole chunk, top to bottom -------------------------------------------------------------------
+    def run(self) -> ChunkOutcome:
+        """Claim, process and record the chunk; raise errors.Transient to have it retried later."""
+        try:
+            items = self._claim()
+            if items:
+                self._process(items)
+            self._finish()
+        except _db_errors() as exc:
+            raise errors.DatabaseUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        except errors.Transient:
+            self._release()
+            raise
+        return self.outcome
+
+    def _claim(self) -> list[ClaimedItem]:
+        with session_scope(self.db) as session:
+            job = session.get(Job, self.job_id)
+            if job is None:
+                log.warning("chunk of unknown job %s dropped", self.job_id, extra={"job_id": self.job_id})
+                return []
+            if job.cancel_requested:
+                self.outcome.cancelled += cancel_items(
+                    session, job_id=self.job_id, seqs=list(range(self.start, self.stop))
+                )
+                return []
+            self.job_params, self.output_url = dict(job.params), job.output_url
+            items, leased = claim_items(
+                session,
+                job_id=self.job_id,
+                start=self.start,
+                stop=self.stop,
+                worker=self.rt.name,
+                lease_seconds=self.settings.lease_seconds,
+                max_attempts=self.settings.max_attempts,
+            )
+        if leased:
+            log.info(
+                "items %d-%d of job %s are leased by another worker; the reconciler re-dispatches them "
+                "if their lease expires",
+                self.start,
+                self.stop,
+                self.job_id,
+                extra={"job_id": self.job_id},
+            )
+        self.open = {item.seq for item in items}
+        self.outcome.claimed = len(items)
+        return items
+
+    def _process(self, items: list[ClaimedItem]) -> None:
+        size = self.rt.max_batch(self.kind.value)
+        lookahead = max(2 * size, self.settings.io_threads)
+        fetches: dict[int, Future[_Work]] = {}
+        waiting: _Pending | None = None
+        position = 0
+
+        def fetch_until(limit: int) -> None:
+            for item in items[len(fetches) : limit]:
+                fetches[item.seq] = self.rt.io_pool.submit(self._prepare, item)
+
+        fetch_until(lookahead)
+        while position < len(items):
+            with session_scope(self.db) as session:
+                if self._cancel_requested(session):
+                    break
+            batch_items = items[position : position + size]
+            position += len(batch_items)
+            fetch_until(position + lookahead)
+            works = [fetches.pop(item.seq).result() for item in batch_items]
+            pending = _Pending(failures={w.item.seq: w.error for w in works if w.error})
+            runnable = [w for w in works if w.request is not None]
+            if runnable:
+                self._run_batch(runnable, pending)
+            if waiting is not None:
+                self._record(waiting)
+            waiting = pending
+            renew_seqs = sorted(self.open)
+            with session_scope(self.db) as session:
+                renew_lease(
+                    session,
+                    job_id=self.job_id,
+                    seqs=renew_seqs,
+                    worker=self.rt.name,
+                    lease_seconds=self.settings.lease_seconds,
+                )
+        for future in fetches.values():
+            future.cancel()
+        if waiting is not None:
+            self._record(waiting)
+
+    def _finish(self) -> None:
+        with session_scope(self.db) as session:
+            if self.open and self._cancel_requested(session):
+                self.outcome.cancelled += cancel_items(session, job_id=self.job_id, seqs=sorted(self.open))
+                self.open.clear()
+            status = finalize_job(session, job_id=self.job_id)
+        if status is not None:
+            self.outcome.final_status = status
+            log.info("job %s finished: %s", self.job_id, status.value, extra={"job_id": self.job_id})
+            try:
+                write_results(self.settings, self.job_id)
+            except Exception:  # the export can be written again with `ovis-batch export`
+                log.exception(
+                    "writing the results of job %s failed", self.job_id, extra={"job_id": self.job_id}
+                )
+
+    def _release(self) -> None:
+        if not self.open:
+            return
+        try:
+            with session_scope(self.db) as session:
+                release_items(session, job_id=self.job_id, seqs=sorted(self.open), worker=self.rt.name)
+        except _db_errors():
+            log.warning(
+                "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
+            )
+
+    def _cancel_requested(self, session: Session) -> bool:
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+
+    # -- inputs ------------------------------------------------------------------------------------------
+    def _prepare(self, item: ClaimedItem) -> _Work:
+        """Fetch, decode and build the request of one item (runs on an I/O thread)."""
+        try:
+            image = self._load_image(item.source) if self.kind is not JobKind.GENERATE else None
+            return _Work(item, request=self._request(item, image))
+        except errors.Transient:
+            raise
+        except errors.BadInput as exc:
+            return _Work(item, error=(exc.error_code, str(exc)))
+
+    def _load_image(self, url: str) -> Image.Image:
+        if not storage.is_within(url, self.settings.allowed_input_roots):
+            raise errors.InputNotAllowed(f"{url} is outside the allowed input roots")
+        try:
+            data = storage.read_url(url, self.settings.s3_options())
+        except storage.ObjectNotFound:
+            raise errors.InputMissing(f"{url} does not exist") from None
+        except storage.StorageUnavailable as exc:
+            raise errors.StorageUnavailable(str(exc)) from exc
+        except storage.StorageError as exc:
+            raise errors.InputMissing(f"{url} cannot be read: {exc}") from None
+        return decode_image(
+            data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+        )
+
+    def _request(self, item: ClaimedItem, image: Image.Image | None) -> Request:
+        defaults = self.rt.info.defaults.get(self.kind.value, {})
+        p = resolve(self.kind, self.job_params, item.params, defaults)
+        seed = (item.params or {}).get("seed")
+        seed = int(seed) if seed is not None else item_seed(int(self.job_params.get("seed", 0)), item.key)
+        if self.kind is JobKind.CAPTION:
+            assert image is not None
+            return CaptionRequest(
+                image=image,
+                prompt=item.text or p["prompt"],
+                max_new_tokens=p["max_new_tokens"],
+                temperature=float(p.get("temperature", 0.0)),
+                seed=seed,
+            )
+        if self.kind is JobKind.GENERATE:
+            return GenerateRequest(
+                prompt=item.text,
+                width=p["width"],
+                height=p["height"],
+                steps=p["steps"],
+                seed=seed,
+                txt_cfg=float(p["txt_cfg"]),
+            )
+        assert image is not None
+        return EditRequest(
+            image=image,
+            instruction=item.text,
+            steps=p["steps"],
+            seed=seed,
+            img_cfg=float(p["img_cfg"]),
+            txt_cfg=float(p["txt_cfg"]),
+        )
+
+    # -- the model -------------------------------------------------------------------------------------
+    def _call(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
+        backend = self.rt.backend
+        method: Callable[[Any], Sequence[str | Image.Image]] = {
+            JobKind.CAPTION: backend.caption,
+            JobKind.GENERATE: backend.generate,
+            JobKind.EDIT: backend.edit,
+        }[self.kind]
+        results = method(list(requests))
+        if len(results) != len(requests):
+            raise RuntimeError(f"backend returned {len(results)} results for {len(requests)} requests")
+        return results
+
+    def _run_batch(self, works: list[_Work], pending: _Pending) -> None:
+        try:
+            results = self._call([w.request for w in works if w.request is not None])
+        except BackendOutOfMemory as exc:
+            if len(works) == 1:
+                pending.failures[works[0].item.seq] = (
+                    errors.OUT_OF_MEMORY,
+                    f"out of memory at batch 1: {exc}",
+                )
+                return
+            half = len(works) // 2
+            log.warning(
+                "out of memory at batch %d; retrying as %d + %d",
+                len(works),
+                half,
+                len(works) - half,
+                extra={"job_id": self.job_id},
+            )
+            self._run_batch(works[:half], pending)
+            self._run_batch(works[half:], pending)
+            return
+        except errors.Transient:
+            raise
+        except Exception as exc:
+            if len(works) > 1:  # find the item that fails by running each alone
+                for work in works:
+                    self._run_batch([work], pending)
+                return
+            seq = works[0].item.seq
+            log.error(
+                "item %s of job %s failed:\n%s",
+                works[0].item.key,
+                self.job_id,
+                traceback.format_exc(),
+                extra={"job_id": self.job_id, "item_id": works[0].item.key},
+            )
+            code = getattr(exc, "error_code", errors.INTERNAL_ERROR)
+            pending.failures[seq] = (code, f"{exc.__class__.__name__}: {exc}")
+            return
+        for work, result in zip(works, results, strict=True):
+            if isinstance(result, str):
+                pending.outputs[work.item.seq] = result
+            else:
+                key = output_key(self.job_id, work.item.key, "png")
+                pending.outputs[work.item.seq] = self.rt.io_pool.submit(self._upload, key, result)
+
+    def _upload(self, key: str, image: Image.Image) -> str:
+        try:
+            return self.rt.store(self.output_url).write(key, encode_png(image), "image/png")
+        except storage.StorageUnavailable as exc:
+            raise errors.StorageUnavailable(str(exc)) from exc
+
+    def _record(self, pending: _Pending) -> None:
+        outputs: dict[int, str] = {}
+        for seq, value in pending.outputs.items():
+            outputs[seq] = value if isinstance(value, str) else value.result()
+        started = time.perf_counter()
+        with session_scope(self.db) as session:
+            self.outcome.succeeded += record_successes(session, job_id=self.job_id, outputs=outputs)
+            self.outcome.failed += record_failures(session, job_id=self.job_id, failures=pending.failures)
+        self.open -= set(outputs) | set(pending.failures)
+        log.debug(
+            "recorded %d results in %.3fs",
+            len(outputs) + len(pending.failures),
+            time.perf_counter() - started,
+            extra={"job_id": self.job_id},
+        )
+
+
+def run_chunk(runtime: WorkerRuntime, kind: JobKind, job_id: str, start: int, stop: int) -> ChunkOutcome:
+    """Process the items with seq in [start, stop) of a job."""
+    return ChunkRun(runtime, kind, job_id, start, stop).run()

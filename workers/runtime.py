@@ -1,0 +1,82 @@
+"""What a worker process keeps for its whole life: the loaded backend, storage handles and I/O threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from gpu_model import Backend, BackendInfo, BackendOptions, create_backend
+from jobs.settings import Settings, get_settings
+from storage import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """Per-process state shared by every chunk task of the process. The model is loaded once."""
+
+    _current: WorkerRuntime | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.backend = backend or create_backend(
+            settings.backend,
+            BackendOptions(
+                model_path=settings.model_path,
+                revision=settings.model_revision,
+                device=settings.device,
+                max_batch=settings.max_batch_overrides(),
+                simulated_ms_per_item=settings.fake_ms_per_item,
+                simulated_ms_per_batch=settings.fake_ms_per_batch,
+            ),
+        )
+        self._info: BackendInfo | None = None
+        self._stores: dict[str, Store] = {}
+        self.io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="ovis-io")
+
+    @classmethod
+    def current(cls) -> WorkerRuntime:
+        """The process's runtime, created from settings on first use."""
+        with cls._lock:
+            if cls._current is None or cls._current.name != f"{socket.gethostname()}:{os.getpid()}":
+                cls._current = WorkerRuntime(get_settings())
+            return cls._current
+
+    @classmethod
+    def install(cls, runtime: WorkerRuntime) -> None:
+        """Use `runtime` for this process (the embedded runner and tests bring their own)."""
+        with cls._lock:
+            cls._current = runtime
+
+    @property
+    def info(self) -> BackendInfo:
+        """The loaded backend's description; loads the model on first use."""
+        if self._info is None:
+            self.load()
+        assert self._info is not None
+        return self._info
+
+    def load(self) -> BackendInfo:
+        """Load and warm up the model (before the worker consumes any message)."""
+        if self._info is None:
+            log.info("loading backend %s", self.settings.backend)
+            self._info = self.backend.load()
+            self.backend.warmup()
+            log.info("backend %s ready on %s", self._info.name, self._info.device)
+        return self._info
+
+    def store(self, url: str) -> Store:
+        """A store for an output URL, one per URL per process."""
+        store = self._stores.get(url)
+        if store is None:
+            store = self._stores[url] = open_store(url, self.settings.s3_options())
+        return store
+
+    def max_batch(self, kind: str) -> int:
+        """Largest micro-batch for a kind."""
+        return max(1, self.info.max_batch.get(kind, 1))

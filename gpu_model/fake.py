@@ -1,4 +1,4 @@
-"""A torch-free backend for orchestration tests and benchmarks: deterministic outputs, optional simulated time."""
+"""A torch-free backend for orchestration tests and benchmarks: deterministic outputs, simulated time."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Producer side and the domain: settings, SQL models, state machine, submission, sources, status, export, CLI."""
+"""Producer side and the domain: settings, SQL state, submission, sources, status, export and the CLI."""

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, true
 
 from jobs.db import ensure_schema, session_scope
 from jobs.dispatch import CeleryDispatcher, Dispatcher
@@ -186,13 +186,13 @@ class Client:
                 transition(
                     session,
                     job_id=job_id,
-                    where=True,
+                    where=true(),
                     source=ItemStatus.CANCELLED,
                     target=ItemStatus.QUEUED,
                     values={"finished_at": None},
                 )
             reopen_job(session, job_id=job_id)
-        return self._dispatch_open(job_id, (ItemStatus.QUEUED, ItemStatus.RUNNING))
+        return self.dispatch_items(job_id, (ItemStatus.QUEUED, ItemStatus.RUNNING))
 
     def retry_failed(self, job_id: str) -> int:
         """Queue the failed items again as a new attempt; return how many."""
@@ -202,17 +202,18 @@ class Client:
             moved = transition(
                 session,
                 job_id=job_id,
-                where=True,
+                where=true(),
                 source=ItemStatus.FAILED,
                 target=ItemStatus.QUEUED,
                 values={"attempts": 0, "error_code": None, "error_message": None, "finished_at": None},
             )
             reopen_job(session, job_id=job_id)
         if moved:
-            self._dispatch_open(job_id, (ItemStatus.QUEUED,))
+            self.dispatch_items(job_id, (ItemStatus.QUEUED,))
         return moved
 
-    def _dispatch_open(self, job_id: str, statuses: tuple[ItemStatus, ...]) -> int:
+    def dispatch_items(self, job_id: str, statuses: tuple[ItemStatus, ...]) -> int:
+        """Dispatch the job's items in `statuses` as chunks; return how many items."""
         with session_scope(self.db) as session:
             job = session.get(Job, job_id)
             assert job is not None

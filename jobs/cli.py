@@ -27,7 +27,8 @@ from jobs.lifecycle import JobKind, JobStatus
 from jobs.settings import Settings, get_settings
 
 app = typer.Typer(
-    help="Batch captioning, text-to-image and editing with Ovis-U1.", no_args_is_help=True,
+    help="Batch captioning, text-to-image and editing with Ovis-U1.",
+    no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 submit_app = typer.Typer(help="Submit a job to the workers.", no_args_is_help=True)
@@ -280,32 +281,118 @@ def retry(job_id: str, failed: bool = typer.Option(True, "--failed", help="Retry
 # -- processes ---------------------------------------------------------------------------------------------
 @app.command()
 def worker(
-    concurrency: int = typer.Option(1, help="Worker processes (prefork); 1 runs in this process (solo)."),
-    queues: str = typer.Option("", help="Comma-separated queues (default: every kind's)."),
+    gpus: str = typer.Option(
+        "auto", help="'auto'/'all' (one worker per GPU), 'none' (one CPU worker), or 0,1,..."
+    ),
+    concurrency: int = typer.Option(1, help="Processes of a CPU worker (prefork); 1 runs in this process."),
+    queues: str = typer.Option("", help="Comma-separated queues (default: every kind's), e.g. ovis.caption."),
+    node: str = typer.Option("", help="Celery node name (default: ovis@host, ovis-gpuN@host)."),
     loglevel: str = typer.Option("INFO", help="Log level."),
 ) -> None:
-    """Start a worker: the model is loaded before any message is consumed."""
+    """Start workers: the model is loaded before any message is consumed."""
     from jobs.broker import worker_queues
+    from workers.launcher import celery_argv, node_name, supervise, visible_gpus
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    devices = _guard(lambda: visible_gpus(gpus))
+    if devices:
+        child_args = ["--queues", queues, "--loglevel", loglevel]
+        raise typer.Exit(supervise(devices, child_args))
     from workers.celery_app import app as celery_app
 
-    settings = get_settings()
     names = [q.strip() for q in queues.split(",") if q.strip()] or worker_queues(settings)
-    pool = ["--pool=solo"] if concurrency == 1 else ["--pool=prefork", f"--concurrency={concurrency}"]
-    argv = [
-        "worker",
-        "-E",
-        f"--loglevel={loglevel}",
-        f"--queues={','.join(names)}",
-        "--without-gossip",
-        "--without-mingle",
-        *pool,
-    ]
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    celery_app.conf.worker_proc_alive_timeout = 600
+    # Loading a 3B model takes longer than Celery's default 4 s allowance for a new child process.
+    celery_app.conf.worker_proc_alive_timeout = 900
+    argv = celery_argv(node=node or node_name(None), queues=names, concurrency=concurrency, loglevel=loglevel)
     try:
         celery_app.worker_main(argv)
     except OvisBatchError as exc:
         raise _fail(str(exc)) from None
+
+
+@app.command()
+def ping(
+    node: str = typer.Option("", help="Node to ask (default: every ovis node on this host)."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for answers."),
+) -> None:
+    """Liveness check for a supervisor: exit 0 when the worker(s) on this host answer."""
+    import socket
+
+    from jobs.broker import make_celery
+
+    celery = make_celery(get_settings())
+    replies = celery.control.ping(destination=[node] if node else None, timeout=timeout)
+    names = [name for reply in replies for name in reply]
+    if not node:
+        names = [name for name in names if name.endswith("@" + socket.gethostname())]
+    if not names:
+        raise _fail(f"no worker answered within {timeout}s")
+    console.print("alive: " + ", ".join(sorted(names)))
+
+
+@app.command()
+def reconcile() -> None:
+    """One reconciler pass: re-dispatch expired leases and lost messages, finalize finished jobs."""
+    from jobs.reconcile import reconcile as run_pass
+
+    report = run_pass(get_settings())
+    console.print(
+        f"leases expired: {report.expired}; items re-dispatched: {report.redispatched}; "
+        f"jobs finalized: {len(report.finalized)}"
+    )
+
+
+@app.command()
+def flower(
+    address: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(0, help="Port (default: OVIS_BATCH_FLOWER_PORT)."),
+) -> None:
+    """Start Flower on the project's Celery app, with basic auth from OVIS_BATCH_FLOWER_BASIC_AUTH."""
+    import ipaddress
+    import os
+
+    settings = get_settings()
+    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
+    loopback = address in ("localhost",) or ipaddress.ip_address(address).is_loopback
+    if not auth and not loopback:
+        raise _fail(
+            "Flower without authentication may only listen on localhost: set "
+            "OVIS_BATCH_FLOWER_BASIC_AUTH=user:password to listen on " + address
+        )
+    if auth and ":" not in auth:
+        raise _fail("OVIS_BATCH_FLOWER_BASIC_AUTH must be user:password")
+    env = dict(os.environ)
+    if auth:
+        # Through the environment, not argv: the password stays out of the process list.
+        env["FLOWER_BASIC_AUTH"] = auth
+    else:
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        f"--address={address}",
+        f"--port={port or settings.flower_port}",
+    ]
+    os.execve(sys.executable, argv, env)
+
+
+@app.command()
+def metrics(
+    serve: int = typer.Option(0, help="Serve /metrics on this port instead of printing once."),
+) -> None:
+    """Queue depth and job / item counters in Prometheus text format (what Flower does not export)."""
+    from jobs.metrics import render, serve_forever
+
+    settings = get_settings()
+    if serve:
+        serve_forever(settings, serve)
+    else:
+        sys.stdout.write(render(settings))
 
 
 @db_app.command("upgrade")
@@ -336,9 +423,5 @@ def demo(out: str = typer.Option("demo-output", help="Folder for the demo's inpu
     _guard(lambda: run_demo(out, console))
 
 
-def main() -> None:  # pragma: no cover - console script entry
-    """Entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+if __name__ == "__main__":  # the GPU launcher starts its children as `python -m jobs.cli`
+    app()

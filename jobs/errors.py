@@ -1,4 +1,4 @@
-"""One tree of errors. Each class carries the stable `error_code` recorded on an item and decides retry vs fail."""
+"""One tree of errors: each class carries the stable `error_code` recorded on an item and decides retry."""
 
 from __future__ import annotations
 

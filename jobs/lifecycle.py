@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ItemStatus(str, Enum):
+class ItemStatus(StrEnum):
     """Where one item is in its life."""
 
     #: Waiting for a worker (new, handed back, or retried).
@@ -40,7 +40,7 @@ ITEM_TRANSITIONS: dict[ItemStatus, frozenset[ItemStatus]] = {
 }
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """Where a job is. A job whose items all ended is final."""
 
     #: Items waiting; no worker has started any.
@@ -62,7 +62,7 @@ class JobStatus(str, Enum):
         return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-class JobKind(str, Enum):
+class JobKind(StrEnum):
     """What a job asks of the model."""
 
     CAPTION = "caption"

@@ -58,9 +58,11 @@ class Settings(BaseSettings):
     #: Items per Celery task; a chunk should take minutes, never hours.
     chunk_size: int = Field(default=64, ge=1, le=10_000)
     #: How long a claimed item stays leased to its worker before the reconciler may hand it to another.
-    lease_seconds: int = Field(default=1800, ge=10)
+    lease_seconds: int = Field(default=600, ge=2)
     #: Broker redelivery of unacknowledged messages; above the longest chunk.
     visibility_timeout_s: int = Field(default=3 * 3600, ge=60)
+    #: Seconds between reconciler passes in each worker (expired leases, lost messages); 0 disables.
+    reconcile_interval_s: float = Field(default=60.0, ge=0)
     #: Attempts before an item is quarantined as poison.
     max_attempts: int = Field(default=3, ge=1)
     #: Threads fetching and decoding inputs ahead of the model, and encoding/uploading behind it.

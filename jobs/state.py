@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, case, or_, select, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, case, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from jobs.errors import POISONED
@@ -25,6 +25,13 @@ _COUNTER = {
     ItemStatus.FAILED: "n_failed",
     ItemStatus.CANCELLED: "n_cancelled",
 }
+
+
+_ITEMS = cast(Table, Item.__table__)
+
+
+def _rowcount(result: object) -> int:
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def now() -> datetime:
@@ -75,7 +82,7 @@ def transition(
         .values(status=target.value, **(values or {}))
         .execution_options(synchronize_session=False)
     )
-    moved = session.execute(stmt).rowcount or 0
+    moved = _rowcount(session.execute(stmt))
     _move_counters(session, job_id, source, target, moved)
     return moved
 
@@ -100,7 +107,7 @@ def claim_items(
     runnable_running = and_(Item.status == ItemStatus.RUNNING.value, Item.lease_until < t)
     in_range = _range(job_id, start, stop)
     for source in (ItemStatus.QUEUED, ItemStatus.RUNNING):
-        extra = Item.lease_until < t if source is ItemStatus.RUNNING else True
+        extra = Item.lease_until < t if source is ItemStatus.RUNNING else true()
         transition(
             session,
             job_id=job_id,
@@ -122,7 +129,7 @@ def claim_items(
         "started_at": t,
     }
     rows: list[Any] = []
-    for source, extra in ((ItemStatus.RUNNING, runnable_running), (ItemStatus.QUEUED, True)):
+    for source, extra in ((ItemStatus.RUNNING, runnable_running), (ItemStatus.QUEUED, true())):
         stmt = (
             update(Item)
             .where(in_range, Item.status == source.value, extra)
@@ -172,7 +179,7 @@ def record_successes(session: Session, *, job_id: str, outputs: dict[int, str]) 
     if not outputs:
         return 0
     stmt = (
-        update(Item.__table__)
+        update(_ITEMS)
         .where(
             Item.job_id == bindparam("b_job"),
             Item.seq == bindparam("b_seq"),
@@ -189,7 +196,7 @@ def record_successes(session: Session, *, job_id: str, outputs: dict[int, str]) 
     )
     t = now()
     rows = [{"b_job": job_id, "b_seq": seq, "b_output": out, "b_t": t} for seq, out in outputs.items()]
-    moved = session.execute(stmt, rows).rowcount or 0
+    moved = _rowcount(session.execute(stmt, rows))
     _move_counters(session, job_id, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, moved)
     return moved
 
@@ -199,7 +206,7 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
     if not failures:
         return 0
     stmt = (
-        update(Item.__table__)
+        update(_ITEMS)
         .where(
             Item.job_id == bindparam("b_job"),
             Item.seq == bindparam("b_seq"),
@@ -218,7 +225,7 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
         {"b_job": job_id, "b_seq": seq, "b_code": code, "b_message": message[:2000], "b_t": t}
         for seq, (code, message) in failures.items()
     ]
-    moved = session.execute(stmt, rows).rowcount or 0
+    moved = _rowcount(session.execute(stmt, rows))
     _move_counters(session, job_id, ItemStatus.RUNNING, ItemStatus.FAILED, moved)
     return moved
 
@@ -245,7 +252,7 @@ def cancel_items(session: Session, *, job_id: str, seqs: Sequence[int] | None = 
         return transition(
             session,
             job_id=job_id,
-            where=True,
+            where=true(),
             source=ItemStatus.QUEUED,
             target=ItemStatus.CANCELLED,
             values=values,

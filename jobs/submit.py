@@ -88,6 +88,7 @@ def check_item(kind: JobKind, spec: ItemSpec, settings: Settings, roots: list[st
 def _copy_rows(session: Session, job_id: str, first_seq: int, specs: list[ItemSpec]) -> None:
     """PostgreSQL COPY: the fastest bulk path, constant memory per batch."""
     connection = session.connection().connection.driver_connection
+    assert connection is not None
     buffer = io.StringIO()
     for offset, spec in enumerate(specs):
         params = json.dumps(spec.params) if spec.params else None
@@ -109,7 +110,7 @@ def _copy_rows(session: Session, job_id: str, first_seq: int, specs: list[ItemSp
         buffer.write("\n")
     with (
         connection.cursor() as cursor,
-        cursor.copy(  # type: ignore[union-attr]
+        cursor.copy(
             "COPY items (job_id, seq, key, source, text, params, status, attempts) FROM STDIN"
         ) as copy,
     ):

@@ -38,3 +38,19 @@ def _load_in_child(**_: Any) -> None:
     # prefork: each child loads its own model after the fork; nothing CUDA happened in the parent.
     dispose_engines()
     _load_model()
+
+
+@signals.worker_shutting_down.connect
+def _stop_chunks(**_: Any) -> None:
+    # Warm shutdown (SIGTERM): the running chunk hands its unfinished items back at the next micro-batch
+    # instead of holding the shutdown for the rest of the chunk.
+    from workers.runtime import WorkerRuntime
+
+    WorkerRuntime.current().stopping.set()
+
+
+@signals.worker_ready.connect
+def _start_reconciler(**_: Any) -> None:
+    from workers.reconciler import start_reconciler
+
+    start_reconciler(get_settings())

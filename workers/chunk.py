@@ -1,4 +1,4 @@
-"""The chunk pipeline: claim -> fetch and decode ahead -> micro-batches on the model -> upload behind -> record.
+"""The chunk pipeline: claim -> fetch and decode ahead -> micro-batches on the model -> upload -> record.
 
 One bad item never fails its neighbours: fetch errors end only that item, a failing micro-batch is split
 until the failing item stands alone, and out-of-memory halves the batch on the same worker.
@@ -47,6 +47,10 @@ Request = CaptionRequest | GenerateRequest | EditRequest
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+class ChunkInterrupted(Exception):
+    """The worker is stopping: the chunk's unfinished items were handed back to the queue."""
+
+
 @dataclass
 class ChunkOutcome:
     """What one run of a chunk did."""
@@ -90,8 +94,17 @@ def _db_errors() -> tuple[type[BaseException], ...]:
 class ChunkRun:
     """One chunk of one job on this worker."""
 
-    def __init__(self, runtime: WorkerRuntime, kind: JobKind, job_id: str, start: int, stop: int) -> None:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        kind: JobKind,
+        job_id: str,
+        start: int,
+        stop: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.rt = runtime
+        self.progress = progress
         self.settings = runtime.settings
         self.db = self.settings.resolved_database_url
         self.kind = kind
@@ -112,7 +125,7 @@ class ChunkRun:
             self._finish()
         except _db_errors() as exc:
             raise errors.DatabaseUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc
-        except errors.Transient:
+        except (errors.Transient, ChunkInterrupted):
             self._release()
             raise
         return self.outcome
@@ -164,6 +177,16 @@ class ChunkRun:
 
         fetch_until(lookahead)
         while position < len(items):
+            if self.rt.stopping.is_set():
+                log.info(
+                    "worker stopping: handing %d items of job %s back",
+                    len(self.open),
+                    self.job_id,
+                    extra={"job_id": self.job_id},
+                )
+                if waiting is not None:
+                    self._record(waiting)
+                raise ChunkInterrupted(self.job_id)
             with session_scope(self.db) as session:
                 if self._cancel_requested(session):
                     break
@@ -284,12 +307,13 @@ class ChunkRun:
     # -- the model -------------------------------------------------------------------------------------
     def _call(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
         backend = self.rt.backend
-        method: Callable[[Any], Sequence[str | Image.Image]] = {
-            JobKind.CAPTION: backend.caption,
-            JobKind.GENERATE: backend.generate,
-            JobKind.EDIT: backend.edit,
-        }[self.kind]
-        results = method(list(requests))
+        results: Sequence[str | Image.Image]
+        if self.kind is JobKind.CAPTION:
+            results = backend.caption([r for r in requests if isinstance(r, CaptionRequest)])
+        elif self.kind is JobKind.GENERATE:
+            results = backend.generate([r for r in requests if isinstance(r, GenerateRequest)])
+        else:
+            results = backend.edit([r for r in requests if isinstance(r, EditRequest)])
         if len(results) != len(requests):
             raise RuntimeError(f"backend returned {len(results)} results for {len(requests)} requests")
         return results
@@ -355,6 +379,8 @@ class ChunkRun:
             self.outcome.succeeded += record_successes(session, job_id=self.job_id, outputs=outputs)
             self.outcome.failed += record_failures(session, job_id=self.job_id, failures=pending.failures)
         self.open -= set(outputs) | set(pending.failures)
+        if self.progress is not None:
+            self.progress(self.outcome.succeeded + self.outcome.failed, self.outcome.claimed)
         log.debug(
             "recorded %d results in %.3fs",
             len(outputs) + len(pending.failures),
@@ -363,6 +389,13 @@ class ChunkRun:
         )
 
 
-def run_chunk(runtime: WorkerRuntime, kind: JobKind, job_id: str, start: int, stop: int) -> ChunkOutcome:
-    """Process the items with seq in [start, stop) of a job."""
-    return ChunkRun(runtime, kind, job_id, start, stop).run()
+def run_chunk(
+    runtime: WorkerRuntime,
+    kind: JobKind,
+    job_id: str,
+    start: int,
+    stop: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChunkOutcome:
+    """Process the items with seq in [start, stop) of a job; `progress(done, claimed)` after each record."""
+    return ChunkRun(runtime, kind, job_id, start, stop, progress).run()

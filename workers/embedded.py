@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gpu_model import Backend
 from jobs.api import Client, JobReport
 from jobs.errors import Transient
 from jobs.lifecycle import JobKind
@@ -43,11 +44,11 @@ class InlineDispatcher:
 class EmbeddedRunner:
     """A client and a worker thread sharing one process and one loaded model."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.dispatcher = InlineDispatcher()
         self.client = Client(settings, self.dispatcher)
-        self.runtime = WorkerRuntime(settings)
+        self.runtime = WorkerRuntime(settings, backend)
         WorkerRuntime.install(self.runtime)
         self.error: BaseException | None = None
 

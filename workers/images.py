@@ -77,8 +77,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
             if getattr(image, "is_animated", False):
                 image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+            upright = ImageOps.exif_transpose(image) or image
+            return _to_rgb(upright)
     except (ImageTooLarge, UnsupportedImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

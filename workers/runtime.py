@@ -38,6 +38,8 @@ class WorkerRuntime:
         self._info: BackendInfo | None = None
         self._stores: dict[str, Store] = {}
         self.io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="ovis-io")
+        #: Set on a graceful shutdown: chunks hand their items back at the next micro-batch.
+        self.stopping = threading.Event()
 
     @classmethod
     def current(cls) -> WorkerRuntime:

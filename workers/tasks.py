@@ -12,7 +12,7 @@ from jobs.broker import TASK_NAMES
 from jobs.errors import Transient
 from jobs.lifecycle import JobKind
 from workers.celery_app import app
-from workers.chunk import run_chunk
+from workers.chunk import ChunkInterrupted, run_chunk
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def backoff(retries: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries))
 
 
-class ChunkTask(Task):  # type: ignore[misc]
+class ChunkTask(Task):
     """A chunk of one job's items. Instantiated once per process; the model hangs off the runtime."""
 
     #: Retry bookkeeping is ours (per item in SQL), not Celery's autoretry.
@@ -40,8 +40,16 @@ class ChunkTask(Task):  # type: ignore[misc]
 
     def run_kind(self, job_id: str, start: int, stop: int) -> dict[str, Any]:
         """Run the chunk; transient faults send it back with backoff."""
+
+        def progress(done: int, claimed: int) -> None:
+            # Flower shows the fields of task events: progress while a long chunk runs.
+            self.send_event("task-progress", job_id=job_id, done=done, claimed=claimed, items=stop - start)
+
         try:
-            outcome = run_chunk(WorkerRuntime.current(), self.kind, job_id, int(start), int(stop))
+            outcome = run_chunk(WorkerRuntime.current(), self.kind, job_id, int(start), int(stop), progress)
+        except ChunkInterrupted as exc:
+            # Graceful stop: publish the chunk again before this message is acknowledged.
+            raise self.retry(exc=exc, countdown=0, max_retries=None) from exc
         except Transient as exc:
             delay = backoff(self.request.retries)
             log.warning(

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from jobs.errors import InvalidParameters
+from jobs.lifecycle import JobKind
+from jobs.params import item_seed, resolve, validate_params, validate_text
+
+
+def test_valid_generate_params_keep_their_values() -> None:
+    params = validate_params(JobKind.GENERATE, {"width": 512, "height": 768, "steps": 30, "seed": 7})
+    assert params.model_dump() == {"seed": 7, "width": 512, "height": 768, "steps": 30, "txt_cfg": None}
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "expected"),
+    [
+        (JobKind.GENERATE, {"steps": -1}, "steps"),
+        (JobKind.GENERATE, {"steps": 100000}, "less than or equal to 200"),
+        (JobKind.GENERATE, {"width": 1000}, "multiple of 16"),
+        (JobKind.GENERATE, {"height": 8192}, "less than or equal to 2048"),
+        (JobKind.EDIT, {"img_cfg": -3}, "img_cfg"),
+        (JobKind.CAPTION, {"max_new_tokens": 0}, "max_new_tokens"),
+        (JobKind.CAPTION, {"colour": "red"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_params_say_what_is_allowed(kind: JobKind, values: dict[str, object], expected: str) -> None:
+    with pytest.raises(InvalidParameters, match=expected):
+        validate_params(kind, values)
+
+
+def test_text_limits() -> None:
+    with pytest.raises(InvalidParameters, match="empty"):
+        validate_text("   ", max_chars=10, what="prompt", required=True)
+    with pytest.raises(InvalidParameters, match="at most 10"):
+        validate_text("x" * 11, max_chars=10, what="prompt", required=True)
+    assert validate_text("", max_chars=10, what="prompt", required=False) == ""
+
+
+def test_item_seed_depends_on_job_seed_and_id_only() -> None:
+    assert item_seed(42, "a") == item_seed(42, "a")
+    assert item_seed(42, "a") != item_seed(42, "b")
+    assert item_seed(42, "a") != item_seed(43, "a")
+    assert 0 <= item_seed(42, "a") < 2**31
+
+
+def test_resolve_layers_defaults_job_and_item() -> None:
+    merged = resolve(JobKind.GENERATE, {"steps": 20, "width": None}, {"width": 128},
+                     {"steps": 50, "width": 1024, "height": 1024})
+    assert merged == {"steps": 20, "width": 128, "height": 1024}

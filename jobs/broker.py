@@ -69,6 +69,13 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
     return app
 
 
+def broker_priority(settings: Settings, priority: int) -> int:
+    """The message priority for a job priority (0 lowest .. 9 highest): Redis reads 0 as the highest."""
+    if settings.resolved_broker_url.startswith(("redis", "rediss", "sentinel")):
+        return MAX_PRIORITY - priority
+    return priority
+
+
 def queue_for(settings: Settings, kind: JobKind) -> str:
     """The queue a kind's chunks go to; workers consume all kinds unless dedicated with `--queues`."""
     return f"{settings.queue}.{kind.value}"

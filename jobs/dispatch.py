@@ -6,7 +6,7 @@ from typing import Protocol
 
 from celery import Celery
 
-from jobs.broker import TASK_NAMES, make_celery, queue_for
+from jobs.broker import TASK_NAMES, broker_priority, make_celery, queue_for
 from jobs.lifecycle import JobKind
 from jobs.settings import Settings
 
@@ -31,7 +31,7 @@ class CeleryDispatcher:
             TASK_NAMES[kind],
             args=[job_id, start, stop],
             queue=queue_for(self.settings, kind),
-            priority=priority,
+            priority=broker_priority(self.settings, priority),
             shadow=f"{TASK_NAMES[kind]}[{job_id[:8]} {start}-{stop}]",
         )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from storage import S3Options
 
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
     storage_url: str = ""
     #: Roots inputs may be read from (local folders or s3:// prefixes); empty allows the current directory,
     #: the storage URL and `home`.
-    input_roots: list[str] = Field(default_factory=list)
+    input_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # S3-compatible endpoint; credentials fall back to boto3's standard chain when unset.
     s3_endpoint_url: str | None = None
@@ -70,7 +72,7 @@ class Settings(BaseSettings):
     #: Queue name prefix: a job's chunks go to `{queue}.{kind}`.
     queue: str = "ovis"
     #: Queues a worker consumes; empty means every kind's (dedicate a worker with e.g. "ovis.caption").
-    queues: list[str] = Field(default_factory=list)
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Input limits, checked before decoding.
     max_image_bytes: int = 50 * 1024 * 1024
@@ -84,8 +86,11 @@ class Settings(BaseSettings):
     @field_validator("input_roots", "queues", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @property

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.plugins.s3"]
+pytest_plugins = ["tests.plugins.s3", "tests.plugins.services", "tests.plugins.workers"]

@@ -84,9 +84,11 @@ def test_three_kinds_through_the_cli(stack: Stack, start_worker) -> None:  # typ
             bucket, key = item["output"].removeprefix("s3://").split("/", 1)
             assert bucket == stack.bucket and key.startswith(f"outputs/{job_id}/")
             image = Image.open(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-            if expected_size:
-                assert image.size == expected_size
+            if expected_size is None:  # an edit keeps its input's size
+                source = f"inputs/photos/p{int(item['key'][-1]):02d}.jpg"
+                expected = Image.open(io.BytesIO(s3.get_object(Bucket=bucket, Key=source)["Body"].read())).size
+                assert image.size == expected
             else:
-                assert image.size == (96, 96)
+                assert image.size == expected_size
     listed = s3.list_objects_v2(Bucket=stack.bucket, Prefix=f"outputs/{generate_id}/")["Contents"]
     assert sorted(o["Key"].rsplit("/", 1)[1] for o in listed) == ["000001.png", "000002.png", "results.jsonl"]

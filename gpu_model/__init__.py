@@ -1,7 +1,7 @@
 """Model backends behind one batch-first interface; heavy imports live inside the implementations."""
 
 from gpu_model.base import Backend, BackendInfo, BackendOptions
-from gpu_model.errors import BackendError, BackendLoadError, BackendOutOfMemory
+from gpu_model.errors import BackendError, BackendInvalidRequest, BackendLoadError, BackendOutOfMemory
 from gpu_model.registry import BACKENDS, create_backend
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
 
@@ -10,8 +10,9 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendInfo",
-    "BackendOptions",
+    "BackendInvalidRequest",
     "BackendLoadError",
+    "BackendOptions",
     "BackendOutOfMemory",
     "CaptionRequest",
     "EditRequest",

@@ -17,3 +17,9 @@ class BackendOutOfMemory(BackendError):
     """The accelerator ran out of memory on a micro-batch; a smaller batch may fit."""
 
     error_code = "out_of_memory"
+
+
+class BackendInvalidRequest(BackendError, ValueError):
+    """A request outside what the model accepts; the item fails and a retry cannot help."""
+
+    error_code = "invalid_parameters"

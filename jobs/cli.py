@@ -41,7 +41,7 @@ app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -229,18 +229,25 @@ def list_jobs(
     status: str | None = typer.Option(None, help="Only jobs in this state."),
     kind: str | None = typer.Option(None, help="Only jobs of this kind."),
     limit: int = typer.Option(50, help="At most this many."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List jobs, newest first."""
-    table = Table("job", "kind", "status", "prio", "done", "failed", "created")
-    for r in Client(get_settings()).list(status=status, kind=kind, limit=limit):
+    reports = Client(get_settings()).list(status=status, kind=kind, limit=limit)
+    if as_json:
+        for report in reports:
+            print(json.dumps(report.as_dict()))
+        return
+    table = Table("kind", "status", "prio", "done", "failed", "created")
+    table.add_column("job", no_wrap=True, min_width=32)
+    for r in reports:
         table.add_row(
-            r.id,
             r.kind,
             r.status,
             str(r.priority),
             f"{r.done}/{r.total}",
             str(r.failed),
             r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-",
+            r.id,
         )
     console.print(table)
 
@@ -302,6 +309,15 @@ def worker(
     from workers.celery_app import app as celery_app
 
     names = [q.strip() for q in queues.split(",") if q.strip()] or worker_queues(settings)
+    if concurrency <= 1:
+        # Load the model before Celery starts, so a missing model fails here with its fix, not at a job.
+        from gpu_model import BackendLoadError
+        from workers.runtime import WorkerRuntime
+
+        try:
+            WorkerRuntime.current().load()
+        except BackendLoadError as exc:
+            raise _fail(str(exc)) from None
     # Loading a 3B model takes longer than Celery's default 4 s allowance for a new child process.
     celery_app.conf.worker_proc_alive_timeout = 900
     argv = celery_argv(node=node or node_name(None), queues=names, concurrency=concurrency, loglevel=loglevel)

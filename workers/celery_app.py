@@ -17,12 +17,18 @@ app = make_celery(get_settings(), include=["workers.tasks"])
 
 
 def _load_model() -> None:
+    from gpu_model import BackendLoadError
     from workers.runtime import WorkerRuntime
 
     settings = get_settings()
     if settings.embedded:
         ensure_schema(settings.resolved_database_url)
-    WorkerRuntime.current().load()
+    try:
+        WorkerRuntime.current().load()
+    except BackendLoadError as exc:
+        # Celery logs and swallows exceptions of signal handlers: a worker without its model must not start.
+        log.critical("%s", exc)
+        raise SystemExit(3) from exc
 
 
 @signals.worker_init.connect

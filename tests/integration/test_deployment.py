@@ -35,8 +35,13 @@ def flower(stack: Stack, tmp_path: Path) -> Iterator[str]:
     env = dict(stack.env, OVIS_BATCH_FLOWER_BASIC_AUTH=":".join(AUTH))
     log = tmp_path / "flower.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(BIN / "ovis-batch"), "flower", "--port", str(port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [str(BIN / "ovis-batch"), "flower", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -75,7 +80,9 @@ def test_urgent_job_overtakes_and_flower_sees_it(
     env = dict(stack.env, OVIS_BATCH_FAKE_MS_PER_ITEM="150")
     for name in ("w1", "w2"):
         start_worker("--gpus", "none", "--node", f"{name}@%h", env=env)
-    overnight = _submit(stack, "generate", "--input", _prompts(stack.home / "long.txt", 48), "--priority", "0")
+    overnight = _submit(
+        stack, "generate", "--input", _prompts(stack.home / "long.txt", 48), "--priority", "0"
+    )
     time.sleep(1.0)
     urgent = _submit(stack, "generate", "--input", _prompts(stack.home / "urgent.txt", 4), "--priority", "9")
 
@@ -84,8 +91,12 @@ def test_urgent_job_overtakes_and_flower_sees_it(
         return rows[0]["status"] == "succeeded"
 
     wait_for(lambda: final(urgent) and final(overnight), 120, "jobs did not finish")
-    times = {r["id"]: r["finished_at"] for r in _job_rows(
-        stack, "SELECT id, finished_at FROM jobs WHERE id IN (:a, :b)", a=urgent, b=overnight)}
+    times = {
+        r["id"]: r["finished_at"]
+        for r in _job_rows(
+            stack, "SELECT id, finished_at FROM jobs WHERE id IN (:a, :b)", a=urgent, b=overnight
+        )
+    }
     assert times[urgent] < times[overnight]
 
     workers = requests.get(f"{flower}/api/workers?refresh=1", auth=AUTH, timeout=20).json()
@@ -111,18 +122,29 @@ def test_urgent_job_overtakes_and_flower_sees_it(
 
 
 def test_sigterm_mid_job_loses_nothing(stack: Stack, start_worker: Callable[..., WorkerProcess]) -> None:
-    env = dict(stack.env, OVIS_BATCH_FAKE_MS_PER_ITEM="100", OVIS_BATCH_GENERATE_BATCH="2",
-               OVIS_BATCH_CHUNK_SIZE="8", OVIS_BATCH_RECONCILE_INTERVAL_S="2")
+    env = dict(
+        stack.env,
+        OVIS_BATCH_FAKE_MS_PER_ITEM="100",
+        OVIS_BATCH_GENERATE_BATCH="2",
+        OVIS_BATCH_CHUNK_SIZE="8",
+        OVIS_BATCH_RECONCILE_INTERVAL_S="2",
+    )
     first = start_worker("--gpus", "none", "--node", "first@%h", env=env)
     job = _submit(stack, "generate", "--input", _prompts(stack.home / "p.txt", 32))
-    wait_for(lambda: _job_rows(stack, "SELECT n_succeeded FROM jobs WHERE id = :j", j=job)[0]["n_succeeded"] >= 4,
-             60, "the first worker made no progress")
+    wait_for(
+        lambda: _job_rows(stack, "SELECT n_succeeded FROM jobs WHERE id = :j", j=job)[0]["n_succeeded"] >= 4,
+        60,
+        "the first worker made no progress",
+    )
     second = start_worker("--gpus", "none", "--node", "second@%h", env=env)
     started = time.monotonic()
     assert first.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - started < 20, "graceful stop waited for the whole chunk"
-    wait_for(lambda: _job_rows(stack, "SELECT status FROM jobs WHERE id = :j", j=job)[0]["status"] == "succeeded",
-             90, "the job did not complete on the second worker")
+    wait_for(
+        lambda: _job_rows(stack, "SELECT status FROM jobs WHERE id = :j", j=job)[0]["status"] == "succeeded",
+        90,
+        "the job did not complete on the second worker",
+    )
     items = _job_rows(stack, "SELECT key, status, output, worker FROM items WHERE job_id = :j", j=job)
     assert len(items) == 32 and all(i["status"] == "succeeded" for i in items)
     assert {str(i["worker"]).split(":")[0] for i in items}  # recorded by real worker processes

@@ -17,8 +17,13 @@ pytestmark = pytest.mark.integration
 
 
 def _s3(stack: Stack):  # type: ignore[no-untyped-def]
-    return boto3.client("s3", endpoint_url=stack.env["OVIS_BATCH_S3_ENDPOINT_URL"], region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.env["OVIS_BATCH_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def _upload_photos(stack: Stack, count: int, corrupt: int | None = None) -> None:
@@ -37,16 +42,23 @@ def _status(stack: Stack, job_id: str) -> dict:  # type: ignore[type-arg]
 
 
 def _wait_final(stack: Stack, job_id: str, timeout: float = 90) -> dict:  # type: ignore[type-arg]
-    wait_for(lambda: _status(stack, job_id)["status"] not in ("queued", "running"), timeout,
-             f"job {job_id} did not finish: {_status(stack, job_id)}")
+    wait_for(
+        lambda: _status(stack, job_id)["status"] not in ("queued", "running"),
+        timeout,
+        f"job {job_id} did not finish: {_status(stack, job_id)}",
+    )
     return _status(stack, job_id)
 
 
 def _items(stack: Stack, job_id: str) -> list[dict]:  # type: ignore[type-arg]
     engine = create_engine(stack.env["OVIS_BATCH_DATABASE_URL"])
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT key, status, output, error_code, attempts FROM items "
-                                 "WHERE job_id = :j ORDER BY seq"), {"j": job_id})
+        rows = conn.execute(
+            text(
+                "SELECT key, status, output, error_code, attempts FROM items WHERE job_id = :j ORDER BY seq"
+            ),
+            {"j": job_id},
+        )
         result = [dict(r._mapping) for r in rows]
     engine.dispose()
     return result
@@ -55,17 +67,24 @@ def _items(stack: Stack, job_id: str) -> list[dict]:  # type: ignore[type-arg]
 def test_three_kinds_through_the_cli(stack: Stack, start_worker) -> None:  # type: ignore[no-untyped-def]
     _upload_photos(stack, 5, corrupt=3)
     s3 = _s3(stack)
-    edits = "".join(json.dumps({"id": f"edit{i}", "image": f"photos/p{i:02d}.jpg", "instruction": "make it red"})
-                    + "\n" for i in range(3))
+    edits = "".join(
+        json.dumps({"id": f"edit{i}", "image": f"photos/p{i:02d}.jpg", "instruction": "make it red"}) + "\n"
+        for i in range(3)
+    )
     s3.put_object(Bucket=stack.bucket, Key="inputs/edits.jsonl", Body=edits.encode())
     prompts = stack.home / "prompts.txt"
     prompts.write_text("a lighthouse\na fox in snow\n")
     start_worker()
 
-    caption_id = stack.cli("submit", "caption", "--input", f"s3://{stack.bucket}/inputs/photos").stdout.split()[-1]
-    edit_id = stack.cli("submit", "edit", "--input", f"s3://{stack.bucket}/inputs/edits.jsonl").stdout.split()[-1]
-    generate_id = stack.cli("submit", "generate", "--input", str(prompts), "--width", "128",
-                            "--height", "64").stdout.split()[-1]
+    caption_id = stack.cli(
+        "submit", "caption", "--input", f"s3://{stack.bucket}/inputs/photos"
+    ).stdout.split()[-1]
+    edit_id = stack.cli(
+        "submit", "edit", "--input", f"s3://{stack.bucket}/inputs/edits.jsonl"
+    ).stdout.split()[-1]
+    generate_id = stack.cli(
+        "submit", "generate", "--input", str(prompts), "--width", "128", "--height", "64"
+    ).stdout.split()[-1]
 
     caption = _wait_final(stack, caption_id)
     assert (caption["status"], caption["succeeded"], caption["failed"]) == ("partial", 4, 1)
@@ -86,7 +105,9 @@ def test_three_kinds_through_the_cli(stack: Stack, start_worker) -> None:  # typ
             image = Image.open(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
             if expected_size is None:  # an edit keeps its input's size
                 source = f"inputs/photos/p{int(item['key'][-1]):02d}.jpg"
-                expected = Image.open(io.BytesIO(s3.get_object(Bucket=bucket, Key=source)["Body"].read())).size
+                expected = Image.open(
+                    io.BytesIO(s3.get_object(Bucket=bucket, Key=source)["Body"].read())
+                ).size
                 assert image.size == expected
             else:
                 assert image.size == expected_size

@@ -27,11 +27,18 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `ovis-batch ARGS` with this stack's settings."""
-        result = subprocess.run([str(BIN / "ovis-batch"), *args], env=self.env, capture_output=True, text=True,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            [str(BIN / "ovis-batch"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"ovis-batch {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"ovis-batch {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
 
@@ -72,24 +79,32 @@ class WorkerProcess:
 def stack(redis_url: str, pg_database: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> Stack:
     """Settings for one test: its own PostgreSQL database, Redis, and an S3 bucket on moto_server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVIS_BATCH_")}
-    env.update({
-        "OVIS_BATCH_HOME": str(tmp_path / "home"),
-        "OVIS_BATCH_DATABASE_URL": pg_database,
-        "OVIS_BATCH_BROKER_URL": redis_url,
-        "OVIS_BATCH_STORAGE_URL": f"s3://{s3_bucket}/outputs",
-        "OVIS_BATCH_INPUT_ROOTS": f"s3://{s3_bucket}/inputs,{tmp_path}",
-        "OVIS_BATCH_S3_ENDPOINT_URL": s3_endpoint,
-        "OVIS_BATCH_S3_REGION": "us-east-1",
-        "OVIS_BATCH_S3_ADDRESSING_STYLE": "path",
-        "OVIS_BATCH_QUEUE": f"t{uuid.uuid4().hex[:8]}",
-        "OVIS_BATCH_BACKEND": "fake",
-        "OVIS_BATCH_CHUNK_SIZE": "4",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "PYTHONUNBUFFERED": "1",
-    })
-    result = subprocess.run([str(BIN / "ovis-batch"), "db", "upgrade"], env=env, capture_output=True, text=True,
-                            timeout=60, check=False)
+    env.update(
+        {
+            "OVIS_BATCH_HOME": str(tmp_path / "home"),
+            "OVIS_BATCH_DATABASE_URL": pg_database,
+            "OVIS_BATCH_BROKER_URL": redis_url,
+            "OVIS_BATCH_STORAGE_URL": f"s3://{s3_bucket}/outputs",
+            "OVIS_BATCH_INPUT_ROOTS": f"s3://{s3_bucket}/inputs,{tmp_path}",
+            "OVIS_BATCH_S3_ENDPOINT_URL": s3_endpoint,
+            "OVIS_BATCH_S3_REGION": "us-east-1",
+            "OVIS_BATCH_S3_ADDRESSING_STYLE": "path",
+            "OVIS_BATCH_QUEUE": f"t{uuid.uuid4().hex[:8]}",
+            "OVIS_BATCH_BACKEND": "fake",
+            "OVIS_BATCH_CHUNK_SIZE": "4",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    result = subprocess.run(
+        [str(BIN / "ovis-batch"), "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return Stack(env=env, bucket=s3_bucket, home=tmp_path)
 
@@ -102,8 +117,13 @@ def start_worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., WorkerP
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
         log = tmp_path / f"worker{len(started)}.log"
         with open(log, "wb") as out:
-            process = subprocess.Popen([str(BIN / "ovis-batch"), "worker", *args], env=env or stack.env,
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [str(BIN / "ovis-batch"), "worker", *args],
+                env=env or stack.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         worker = WorkerProcess(process, log)
         started.append(worker)
         if wait:

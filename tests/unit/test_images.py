@@ -49,7 +49,8 @@ def test_too_many_bytes_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "fmt"), [("CMYK", "JPEG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("L", "PNG")]
+    ("mode", "fmt"),
+    [("CMYK", "JPEG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("L", "PNG")],
 )
 def test_modes_are_converted_to_rgb(mode: str, fmt: str) -> None:
     image = sample_photo().convert("RGB")

@@ -45,6 +45,10 @@ def test_item_seed_depends_on_job_seed_and_id_only() -> None:
 
 
 def test_resolve_layers_defaults_job_and_item() -> None:
-    merged = resolve(JobKind.GENERATE, {"steps": 20, "width": None}, {"width": 128},
-                     {"steps": 50, "width": 1024, "height": 1024})
+    merged = resolve(
+        JobKind.GENERATE,
+        {"steps": 20, "width": None},
+        {"width": 128},
+        {"steps": 50, "width": 1024, "height": 1024},
+    )
     assert merged == {"steps": 20, "width": 128, "height": 1024}

@@ -51,8 +51,12 @@ def test_generate_and_edit_write_images_under_deterministic_keys(tmp_path: Path)
 
     write_photos(tmp_path / "in", count=2)
     manifest = tmp_path / "edits.jsonl"
-    manifest.write_text("".join(json.dumps({"id": f"e{i}", "image": f"in/photo{i:03d}.jpg",
-                                            "instruction": "make it blue"}) + "\n" for i in range(2)))
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": f"e{i}", "image": f"in/photo{i:03d}.jpg", "instruction": "make it blue"}) + "\n"
+            for i in range(2)
+        )
+    )
     report = EmbeddedRunner(settings).run(JobKind.EDIT, str(manifest))
     assert report.status == "succeeded"
     for item, photo in zip(_items(settings, report.id), sorted((tmp_path / "in").iterdir()), strict=True):

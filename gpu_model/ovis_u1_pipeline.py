@@ -1,0 +1,290 @@
+"""The official Ovis-U1 call flows over a loaded remote-code model, batch-first where the model allows.
+
+Captions: one left-padded generate() per micro-batch. Images: one item at a time, because the remote code's
+batched generate_img draws the whole batch's noise from one generator and lets the DiT attend to the text
+padding, so a batched item would not reproduce its own seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from PIL import Image
+
+from gpu_model.errors import BackendError, BackendOutOfMemory
+from gpu_model.ovis_u1 import (
+    BLANK_COLOR,
+    EDIT_PREFIX,
+    GENERATE_PREFIX,
+    GENERIC_PROMPT,
+    UNDERSTANDING_PREFIX,
+)
+from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
+
+#: Unconditional conditions kept per output size (each a [1, L, 2 * hidden] tensor, a few MB).
+NO_BOTH_CACHE_SIZES = 8
+#: What the official image scripts pass as text-generation keys beside the image ones.
+CONDITION_MAX_NEW_TOKENS = 1024
+_GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "top_p": None,
+    "top_k": None,
+    "temperature": None,
+    "repetition_penalty": None,
+}
+
+
+@contextlib.contextmanager
+def _device_work(kind: str, size: int) -> Iterator[None]:
+    """inference_mode; CUDA out of memory becomes BackendOutOfMemory (the worker splits the batch)."""
+    try:
+        with torch.inference_mode():
+            yield
+    except torch.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise BackendOutOfMemory(f"CUDA out of memory on a {kind} micro-batch of {size}: {exc}") from exc
+
+
+def _seed_everything(seed: int) -> None:
+    # torch.manual_seed seeds the CPU and every CUDA device: the editing path VAE-encodes the source image
+    # by sampling torch's global RNG, not the `seed` handed to generate_img.
+    torch.manual_seed(seed)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class OvisU1Pipeline:
+    """Runs caption, generate and edit micro-batches on a loaded model."""
+
+    def __init__(self, model: Any, *, device: str, dtype_name: str) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype_name)
+        self.text_tokenizer = model.get_text_tokenizer()
+        self.visual_tokenizer = model.get_visual_tokenizer()
+        self._no_both: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+
+    # -- captions -------------------------------------------------------------------------------------
+
+    def caption(self, requests: list[CaptionRequest]) -> list[str]:
+        """Greedy rows share one generate(); sampled rows run alone, seeded, so each reproduces itself."""
+        captions: list[str] = [""] * len(requests)
+        greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
+        with _device_work("caption", len(requests)):
+            if greedy:
+                texts = self._caption_batch([requests[i] for i in greedy], sampling=_GREEDY)
+                for i, text in zip(greedy, texts, strict=True):
+                    captions[i] = text
+            for i, request in enumerate(requests):
+                if request.temperature > 0:
+                    _seed_everything(request.seed)
+                    sampling = dict(_GREEDY, do_sample=True, temperature=request.temperature)
+                    captions[i] = self._caption_batch([request], sampling=sampling)[0]
+        return captions
+
+    def _caption_batch(self, requests: list[CaptionRequest], *, sampling: dict[str, Any]) -> list[str]:
+        tok = self.text_tokenizer
+        rows = []
+        for request in requests:
+            _, input_ids, pixel_values, grid_thws = self.model.preprocess_inputs(
+                UNDERSTANDING_PREFIX + request.prompt,
+                [_to_rgb(request.image)],
+                generation_preface="",
+                return_labels=False,
+                propagate_exception=False,
+                multimodal_type="single_image",
+                fix_sample_overall_length_navit=False,
+            )
+            rows.append((input_ids, pixel_values, grid_thws))
+        # Left padding keeps every row's last prompt token at the end, where generation continues.
+        length = max(len(ids) for ids, _, _ in rows)
+        input_ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
+        for k, (ids, _, _) in enumerate(rows):
+            input_ids[k, length - len(ids) :] = ids
+        attention_mask = input_ids != tok.pad_token_id
+        vt_device = self.visual_tokenizer.device
+        pixel_values = torch.cat([pv for _, pv, _ in rows]).to(device=vt_device, dtype=self.dtype)
+        grid_thws = torch.cat([grid for _, _, grid in rows]).to(device=vt_device)
+        limits = [r.max_new_tokens for r in requests]
+        output_ids = self.model.generate(
+            input_ids.to(self.device),
+            pixel_values=pixel_values,
+            attention_mask=attention_mask.to(self.device),
+            grid_thws=grid_thws,
+            max_new_tokens=max(limits),
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            use_cache=True,
+            **sampling,
+        )
+        return [self._decode(row, limit) for row, limit in zip(output_ids, limits, strict=True)]
+
+    def _decode(self, new_tokens: torch.Tensor, limit: int) -> str:
+        tokens = new_tokens[:limit].tolist()
+        eos = self.text_tokenizer.eos_token_id
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos)]
+        text: str = self.text_tokenizer.decode(tokens, skip_special_tokens=True)
+        return text.strip()
+
+    # -- images ---------------------------------------------------------------------------------------
+
+    def generate(self, requests: list[GenerateRequest]) -> list[Image.Image]:
+        """Text-to-image, one item at a time, as test_txt_to_img.py."""
+        images = []
+        with _device_work("generate", len(requests)):
+            for request in requests:
+                width, height = request.width, request.height
+                kwargs = self._image_kwargs(width, height, request.steps, request.seed, 0.0, request.txt_cfg)
+                no_both = self._no_both_condition(width, height, kwargs)
+                blank = Image.new("RGB", (width, height), BLANK_COLOR)
+                prompt = GENERATE_PREFIX + request.prompt
+                cond = self._condition(prompt, blank, width, height, kwargs, with_vae_pixels=True)
+                images.append(self._sample(cond, no_both, None, kwargs, request.seed, (width, height)))
+        return images
+
+    def edit(self, requests: list[EditRequest]) -> list[Image.Image]:
+        """Instruction editing, one item at a time, as test_img_edit.py."""
+        images = []
+        with _device_work("edit", len(requests)):
+            for request in requests:
+                source = _to_rgb(request.image)
+                height, width = self.edit_size(source.width, source.height)
+                kwargs = self._image_kwargs(
+                    width, height, request.steps, request.seed, request.img_cfg, request.txt_cfg
+                )
+                no_both = self._no_both_condition(width, height, kwargs)
+                source = source.resize((width, height))
+                no_txt = self._condition(GENERIC_PROMPT, source, width, height, kwargs)
+                prompt = EDIT_PREFIX + request.instruction.strip()
+                cond = self._condition(prompt, source, width, height, kwargs, with_vae_pixels=True)
+                images.append(self._sample(cond, no_both, no_txt, kwargs, request.seed, (width, height)))
+        return images
+
+    def edit_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) of an edit's output: the input's aspect, sides multiples of 32, ~1 MP at most."""
+        new_height, new_width = self.visual_tokenizer.smart_resize(height, width, factor=32)
+        return int(new_height), int(new_width)
+
+    def _image_kwargs(
+        self, width: int, height: int, steps: int, seed: int, img_cfg: float, txt_cfg: float
+    ) -> dict[str, Any]:
+        tok = self.text_tokenizer
+        return {
+            "max_new_tokens": CONDITION_MAX_NEW_TOKENS,
+            **_GREEDY,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "use_cache": True,
+            "height": height,
+            "width": width,
+            "num_steps": steps,
+            "seed": seed,
+            "img_cfg": img_cfg,
+            "txt_cfg": txt_cfg,
+        }
+
+    def _inputs(self, prompt: str, image: Image.Image, width: int, height: int) -> dict[str, Any]:
+        """The understanding-branch inputs of a generation condition, and the image's VAE pixels."""
+        model, vt = self.model, self.visual_tokenizer
+        image, vae_pixel_values, _ = model.visual_generator.process_image_aspectratio(image, (width, height))
+        # The condition sees the image at the understanding branch's smallest size (official flow).
+        small_h, small_w = vt.smart_resize(
+            image.height, image.width, max_pixels=vt.image_processor.min_pixels
+        )
+        image = image.resize((small_w, small_h))
+        _, input_ids, pixel_values, grid_thws = model.preprocess_inputs(
+            prompt,
+            [image],
+            generation_preface=None,
+            return_labels=False,
+            propagate_exception=False,
+            multimodal_type="single_image",
+            fix_sample_overall_length_navit=False,
+        )
+        return {
+            "input_ids": input_ids.unsqueeze(0).to(self.device),
+            "attention_mask": (input_ids != self.text_tokenizer.pad_token_id).unsqueeze(0).to(self.device),
+            "pixel_values": pixel_values.to(device=vt.device, dtype=self.dtype),
+            "grid_thws": grid_thws.to(device=vt.device),
+            "vae_pixel_values": vae_pixel_values.unsqueeze(0).to(self.device),
+        }
+
+    def _condition(
+        self,
+        prompt: str,
+        image: Image.Image,
+        width: int,
+        height: int,
+        kwargs: dict[str, Any],
+        *,
+        with_vae_pixels: bool = False,
+    ) -> dict[str, Any]:
+        """generate_condition() of one prompt and image; the full condition also carries the VAE pixels."""
+        inputs = self._inputs(prompt, image, width, height)
+        cond: dict[str, Any] = self.model.generate_condition(
+            inputs["input_ids"],
+            pixel_values=inputs["pixel_values"],
+            attention_mask=inputs["attention_mask"],
+            grid_thws=inputs["grid_thws"],
+            **kwargs,
+        )
+        if with_vae_pixels:
+            cond["vae_pixel_values"] = inputs["vae_pixel_values"]
+        return cond
+
+    def _no_both_condition(self, width: int, height: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The generic prompt on a blank image of the output size: the same for every item of that size."""
+        key = (width, height)
+        if key in self._no_both:
+            self._no_both.move_to_end(key)
+            return self._no_both[key]
+        blank = Image.new("RGB", (width, height), BLANK_COLOR)
+        cond = self._condition(GENERIC_PROMPT, blank, width, height, kwargs)
+        self._no_both[key] = cond
+        if len(self._no_both) > NO_BOTH_CACHE_SIZES:
+            self._no_both.popitem(last=False)
+        return cond
+
+    def _sample(
+        self,
+        cond: dict[str, Any],
+        no_both: dict[str, Any],
+        no_txt: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+        seed: int,
+        size: tuple[int, int],
+    ) -> Image.Image:
+        _seed_everything(seed)
+        with self._sampling_autocast():
+            images = self.model.generate_img(cond=cond, no_both_cond=no_both, no_txt_cond=no_txt, **kwargs)
+        if len(images) != 1:
+            raise BackendError(f"generate_img returned {len(images)} images for one condition")
+        image = _to_rgb(images[0])
+        if image.size != size:
+            raise BackendError(f"generate_img returned a {image.size} image, {size} was asked for")
+        return image
+
+    @contextlib.contextmanager
+    def _sampling_autocast(self) -> Iterator[None]:
+        """The official path on CUDA. On the CPU, a bf16 autocast around generate_img (see below)."""
+        if self.device.type != "cpu":
+            yield
+            return
+        # generate_img draws its noise in bf16, concatenates the (fp32, see load_model) source latents with
+        # it, and decodes under torch.autocast(float32), which the CPU refuses with a warning and skips.
+        # A bf16 CPU autocast reconciles the dtypes; the VAE decode then runs in fp32, as intended.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="In CPU autocast, but the target dtype is not supported"
+            )
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield

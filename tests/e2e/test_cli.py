@@ -1,0 +1,88 @@
+"""The CLI as a user runs it, on embedded defaults (SQLite, local folders), in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.helpers import write_photos
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent / "ovis-batch"
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OVIS_BATCH_")}
+    env.update(OVIS_BATCH_HOME=str(home / "state"), OVIS_BATCH_INPUT_ROOTS=str(home), **extra)
+    return env
+
+
+def _cli(home: Path, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(BIN), *args],
+        env=_env(home, **extra),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_run_caption_on_the_tiny_model_then_status_list_export(tmp_path: Path) -> None:
+    write_photos(tmp_path / "photos", count=3)
+    out = _cli(tmp_path, "run", "caption", "--input", str(tmp_path / "photos"), "--max-new-tokens", "8")
+    assert "succeeded" in out.stdout
+    listed = [json.loads(line) for line in _cli(tmp_path, "list", "--json").stdout.splitlines()]
+    assert [(job["kind"], job["status"]) for job in listed] == [("caption", "succeeded")]
+    job_id = listed[0]["id"]
+    status = json.loads(_cli(tmp_path, "status", job_id, "--json").stdout)
+    assert (status["status"], status["succeeded"], status["total"]) == ("succeeded", 3, 3)
+    _cli(tmp_path, "export", job_id, "--out", str(tmp_path / "captions.parquet"))
+    table = pq.read_table(tmp_path / "captions.parquet").to_pylist()
+    assert [row["id"] for row in table] == ["photo000.jpg", "photo001.jpg", "photo002.jpg"]
+    assert all(row["status"] == "succeeded" and row["output"] is not None for row in table)
+
+
+def test_run_generate_writes_png_files(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    _cli(tmp_path, "run", "generate", "--input", str(prompts), "--width", "96", "--height", "64")
+    images = sorted((tmp_path / "state" / "outputs").rglob("*.png"))
+    assert [p.name for p in images] == ["000001.png", "000002.png"]
+    assert Image.open(images[0]).size == (96, 64)
+
+
+def test_invalid_parameters_are_refused_with_what_is_allowed(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    result = _cli(tmp_path, "run", "generate", "--input", str(prompts), "--steps", "-3", check=False)
+    assert result.returncode == 2
+    assert "steps" in result.stderr and "greater than or equal to 1" in result.stderr
+
+
+def test_worker_without_ovis_u1_weights_fails_at_start_with_the_fix(tmp_path: Path) -> None:
+    result = _cli(
+        tmp_path,
+        "worker",
+        "--gpus",
+        "none",
+        check=False,
+        OVIS_BATCH_BACKEND="ovis-u1",
+        OVIS_BATCH_MODEL_PATH=str(tmp_path / "models" / "Ovis-U1-3B"),
+    )
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "Ovis-U1" in message and str(tmp_path / "models" / "Ovis-U1-3B") in message
+    assert "does not exist" in message
+    assert "huggingface-cli download AIDC-AI/Ovis-U1-3B" in message

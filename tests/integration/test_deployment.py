@@ -1,4 +1,4 @@
-"""Two real workers and a real Flower on Redis, PostgreSQL and moto_server: priority, monitoring, graceful stop."""
+"""Two real workers and Flower on Redis, PostgreSQL and moto_server: priority, Flower, graceful stop."""
 
 from __future__ import annotations
 

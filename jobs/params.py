@@ -14,8 +14,9 @@ MAX_SIDE = 2048
 MIN_SIDE = 64
 SIZE_MULTIPLE = 16
 MAX_STEPS = 200
-MAX_NEW_TOKENS = 8192
+MAX_NEW_TOKENS = 4096
 SEED_MAX = 2**31 - 1
+MAX_CFG = 20.0
 
 
 class _Params(BaseModel):
@@ -40,7 +41,7 @@ class GenerateParams(_Params):
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
     height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
-    txt_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+    txt_cfg: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
 
     @field_validator("width", "height")
     @classmethod
@@ -54,8 +55,8 @@ class EditParams(_Params):
     """Editing: sampling steps, image and text guidance. The output size follows the input."""
 
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
-    img_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
-    txt_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+    img_cfg: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
+    txt_cfg: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
 
 
 PARAMS_BY_KIND: dict[JobKind, type[_Params]] = {

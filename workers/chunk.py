@@ -6,6 +6,7 @@ until the failing item stands alone, and out-of-memory halves the batch on the s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -81,14 +82,12 @@ def output_key(job_id: str, key: str, ext: str) -> str:
     """Deterministic storage key of an item's output: a redelivered item overwrites, never adds."""
     safe = _UNSAFE.sub("_", key.replace("/", "__")).strip("._") or "item"
     if safe != key:
-        import hashlib
-
         safe = f"{safe[:150]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     return f"{job_id}/{safe}.{ext}"
 
 
-def _db_errors() -> tuple[type[BaseException], ...]:
-    return (OperationalError, DBAPIError)
+#: What the database driver raises when the server is gone or the connection broke.
+_DB_ERRORS = (OperationalError, DBAPIError)
 
 
 class ChunkRun:
@@ -123,7 +122,7 @@ class ChunkRun:
             if items:
                 self._process(items)
             self._finish()
-        except _db_errors() as exc:
+        except _DB_ERRORS as exc:
             raise errors.DatabaseUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc
         except (errors.Transient, ChunkInterrupted):
             self._release()
@@ -169,11 +168,13 @@ class ChunkRun:
         lookahead = max(2 * size, self.settings.io_threads)
         fetches: dict[int, Future[_Work]] = {}
         waiting: _Pending | None = None
-        position = 0
+        position = submitted = 0
 
         def fetch_until(limit: int) -> None:
-            for item in items[len(fetches) : limit]:
+            nonlocal submitted
+            for item in items[submitted:limit]:
                 fetches[item.seq] = self.rt.io_pool.submit(self._prepare, item)
+            submitted = max(submitted, min(limit, len(items)))
 
         fetch_until(lookahead)
         while position < len(items):
@@ -187,9 +188,8 @@ class ChunkRun:
                 if waiting is not None:
                     self._record(waiting)
                 raise ChunkInterrupted(self.job_id)
-            with session_scope(self.db) as session:
-                if self._cancel_requested(session):
-                    break
+            if self._checkpoint():
+                break
             batch_items = items[position : position + size]
             position += len(batch_items)
             fetch_until(position + lookahead)
@@ -201,15 +201,6 @@ class ChunkRun:
             if waiting is not None:
                 self._record(waiting)
             waiting = pending
-            renew_seqs = sorted(self.open)
-            with session_scope(self.db) as session:
-                renew_lease(
-                    session,
-                    job_id=self.job_id,
-                    seqs=renew_seqs,
-                    worker=self.rt.name,
-                    lease_seconds=self.settings.lease_seconds,
-                )
         for future in fetches.values():
             future.cancel()
         if waiting is not None:
@@ -237,10 +228,22 @@ class ChunkRun:
         try:
             with session_scope(self.db) as session:
                 release_items(session, job_id=self.job_id, seqs=sorted(self.open), worker=self.rt.name)
-        except _db_errors():
+        except _DB_ERRORS:
             log.warning(
                 "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
             )
+
+    def _checkpoint(self) -> bool:
+        """Before a micro-batch: extend the lease of the items still open; True if the job was cancelled."""
+        with session_scope(self.db) as session:
+            renew_lease(
+                session,
+                job_id=self.job_id,
+                seqs=sorted(self.open),
+                worker=self.rt.name,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            return self._cancel_requested(session)
 
     def _cancel_requested(self, session: Session) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
+from tests.plugins.services import free_port
 from tests.plugins.workers import BIN, Stack, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,16 +22,10 @@ pytestmark = pytest.mark.integration
 AUTH = ("admin", "s3cret-flower")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def flower(stack: Stack, tmp_path: Path) -> Iterator[str]:
     """A real Flower on the stack's broker, with basic auth; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = dict(stack.env, OVIS_BATCH_FLOWER_BASIC_AUTH=":".join(AUTH))
     log = tmp_path / "flower.log"
     with open(log, "wb") as out:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import boto3
 import pytest
 
 from storage import S3Options
+from tests.plugins.services import free_port, service_unavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -28,10 +28,7 @@ _START_TIMEOUT_S = 30.0
 
 
 def _unavailable(reason: str) -> NoReturn:
-    # Under CI a missing S3 server is a broken environment, not a reason to skip silently.
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"S3 server unavailable: {reason}", pytrace=False)
-    pytest.skip(f"S3 server unavailable: {reason}")
+    service_unavailable("S3 server", reason)
 
 
 def _moto_server_path() -> str | None:
@@ -39,13 +36,6 @@ def _moto_server_path() -> str | None:
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
     return shutil.which("moto_server")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_http(url: str) -> bool:
@@ -64,7 +54,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     executable = _moto_server_path()
     if executable is None:
         _unavailable("moto_server not found next to the Python interpreter (install moto[server])")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
     with open(log_path, "wb") as log:

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.plugins.s3", "tests.plugins.services", "tests.plugins.workers"]
+pytest_plugins = ["tests.plugins.services", "tests.plugins.s3", "tests.plugins.workers"]

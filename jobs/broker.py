@@ -21,9 +21,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker_url = settings.resolved_broker_url
     if broker_url.startswith("filesystem"):
         folder = settings.home / "broker"
-        for sub in ("in", "processed"):
+        for sub in ("in", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport.update(
+            control_folder=str(folder / "control"),
             data_folder_in=str(folder / "in"),
             data_folder_out=str(folder / "in"),
             processed_folder=str(folder / "processed"),

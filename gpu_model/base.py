@@ -26,6 +26,8 @@ class BackendOptions:
     #: Torch-free backend only: simulated model time per item and per batch, in milliseconds.
     simulated_ms_per_item: float = 0.0
     simulated_ms_per_batch: float = 0.0
+    #: Torch-free backend only, fault injection for tests: a request whose text holds this kills the process.
+    simulated_crash_marker: str = ""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 
 from PIL import Image
@@ -39,14 +41,20 @@ class FakeBackend(Backend):
             },
         )
 
-    def _simulate(self, count: int) -> None:
-        seconds = (self.options.simulated_ms_per_batch + self.options.simulated_ms_per_item * count) / 1000.0
+    def _simulate(self, texts: list[str]) -> None:
+        marker = self.options.simulated_crash_marker
+        if marker and any(marker in text for text in texts):
+            # Fault injection for tests: die the way a segfault or the OOM killer ends a worker, mid-batch.
+            os.kill(os.getpid(), signal.SIGKILL)
+        seconds = (
+            self.options.simulated_ms_per_batch + self.options.simulated_ms_per_item * len(texts)
+        ) / 1000.0
         if seconds > 0:
             time.sleep(seconds)
 
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
         """A caption naming the image's fingerprint and the prompt, cut to max_new_tokens words."""
-        self._simulate(len(requests))
+        self._simulate([r.prompt for r in requests])
         captions = []
         for r in requests:
             words = (
@@ -60,12 +68,12 @@ class FakeBackend(Backend):
 
     def generate(self, requests: list[GenerateRequest]) -> list[Image.Image]:
         """A solid image whose colour derives from the prompt and seed."""
-        self._simulate(len(requests))
+        self._simulate([r.prompt for r in requests])
         return [self._solid(r.width, r.height, r.prompt, r.seed, r.steps, r.txt_cfg) for r in requests]
 
     def edit(self, requests: list[EditRequest]) -> list[Image.Image]:
         """The input with a tint derived from the instruction and seed, at the input's size."""
-        self._simulate(len(requests))
+        self._simulate([r.instruction for r in requests])
         results = []
         for r in requests:
             tint = self._solid(r.image.width, r.image.height, r.instruction, r.seed, r.img_cfg, r.txt_cfg)

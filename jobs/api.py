@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, true
+from sqlalchemy import and_, func, literal, select, true
 
 from jobs.db import ensure_schema, session_scope
-from jobs.dispatch import CeleryDispatcher, Dispatcher
+from jobs.dispatch import PUBLISH_BATCH, CeleryDispatcher, Dispatcher, send_chunks
 from jobs.errors import JobNotFound
-from jobs.export import write_local
+from jobs.export import ExportOptions, export_job, write_results
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
 from jobs.settings import Settings
-from jobs.sources import iter_source
-from jobs.state import cancel_items, finalize_job, reopen_job, transition
+from jobs.sources import Columns, iter_source
+from jobs.state import cancel_items, finalize_job, now, reopen_job, transition
 from jobs.submit import ItemSpec, submit_job
+
+#: Failed items read at most to count failures by error code.
+ERRORS_SCANNED = 100_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class JobReport:
     output_url: str
     export_url: str | None
     source: str
+    #: Items whose output already existed (`--skip-existing`), counted in `succeeded` too.
+    skipped: int = 0
 
     @property
     def done(self) -> int:
@@ -73,6 +78,7 @@ def _report(job: Job) -> JobReport:
         output_url=job.output_url,
         export_url=job.export_url,
         source=job.source,
+        skipped=job.n_skipped,
     )
 
 
@@ -101,11 +107,21 @@ class Client:
         params: dict[str, Any] | None = None,
         priority: int = 0,
         output_url: str | None = None,
+        skip_existing: bool = False,
+        columns: Columns | None = None,
     ) -> str:
-        """Submit every item of `source` (folder, S3 prefix, prompt file or manifest); return the job id."""
-        items = iter_source(kind, source, self.settings.s3_options())
+        """Submit every item of `source` (folder, S3 prefix, prompt file, manifest or tar shards); return
+        the job id. `skip_existing` keeps outputs earlier jobs made for the same ids, not recomputing them."""
+        items = iter_source(kind, source, self.settings.s3_options(), columns)
         return self.submit_items(
-            kind, items, params=params, priority=priority, source=source, output_url=output_url
+            kind,
+            items,
+            params=params,
+            priority=priority,
+            source=source,
+            output_url=output_url,
+            skip_existing=skip_existing,
+            source_options=asdict(columns) if columns else None,
         )
 
     def submit_items(
@@ -117,6 +133,8 @@ class Client:
         priority: int = 0,
         source: str = "",
         output_url: str | None = None,
+        skip_existing: bool = False,
+        source_options: dict[str, Any] | None = None,
     ) -> str:
         """Submit items given directly; return the job id."""
         return submit_job(
@@ -128,6 +146,8 @@ class Client:
             source=source,
             priority=priority,
             output_url=output_url,
+            skip_existing=skip_existing,
+            source_options=source_options,
         )
 
     def status(self, job_id: str) -> JobReport:
@@ -138,23 +158,40 @@ class Client:
                 raise JobNotFound(f"no job {job_id}")
             return _report(job)
 
-    def errors_by_code(self, job_id: str) -> dict[str, int]:
-        """Failed items per error code (reads only the failed items, through the status index)."""
+    def errors_by_code(self, job_id: str, limit: int = ERRORS_SCANNED) -> dict[str, int]:
+        """Failed items per error code, over at most `limit` failed items (through the status index, which
+        holds failed items only, so the cost follows the failures, not the job's size)."""
+        # The state inline, not bound: the planner must see it to use the partial status index.
+        failed_state = literal(ItemStatus.FAILED.value, literal_execute=True)
+        failed = (
+            select(Item.error_code)
+            .where(Item.job_id == job_id, Item.status == failed_state)
+            .limit(limit)
+            .subquery()
+        )
         with session_scope(self.db) as session:
-            rows = session.execute(
-                select(Item.error_code, func.count())
-                .where(Item.job_id == job_id, Item.status == ItemStatus.FAILED.value)
-                .group_by(Item.error_code)
-            )
+            rows = session.execute(select(failed.c.error_code, func.count()).group_by(failed.c.error_code))
             return {code or "unknown": count for code, count in rows}
 
-    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[JobReport]:
-        """Newest jobs first, optionally filtered."""
+    def list(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        kind: str | None = None,
+        since: datetime | None = None,
+        source: str | None = None,
+        limit: int = 50,
+    ) -> list[JobReport]:
+        """Newest jobs first, filtered by state(s), kind, creation time and a part of the source."""
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if status:
-            query = query.where(Job.status == status)
+            query = query.where(Job.status.in_([status] if isinstance(status, str) else list(status)))
         if kind:
             query = query.where(Job.kind == kind)
+        if since is not None:
+            query = query.where(Job.created_at >= since)
+        if source:
+            query = query.where(Job.source.contains(source, autoescape=True))
         with session_scope(self.db) as session:
             return [_report(job) for job in session.scalars(query)]
 
@@ -164,24 +201,51 @@ class Client:
             job = session.get(Job, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id}")
+            finished = None
             if not JobStatus(job.status).final:
                 job.cancel_requested = True
                 session.flush()
                 cancel_items(session, job_id=job_id)
-                finalize_job(session, job_id=job_id)
+                finished = finalize_job(session, job_id=job_id)
+        if finished is not None:  # nothing was running: no worker will write the results
+            write_results(self.settings, job_id)
         return self.status(job_id)
 
-    def export(self, job_id: str, path: str, fmt: str = "jsonl") -> int:
-        """Write the job's rows to a local file (also while it runs); return how many."""
-        self.status(job_id)
-        return write_local(self.settings, job_id, path, fmt)
+    def export(
+        self,
+        job_id: str,
+        out: str | None,
+        fmt: str = "jsonl",
+        *,
+        statuses: Sequence[str] = (),
+        column: str | None = None,
+    ) -> int:
+        """Export the job (also while it runs) to a path or storage URL; return how many items were written.
 
-    def resume(self, job_id: str) -> int:
-        """Re-dispatch every item that has not ended (after a crash or a lost broker); return how many."""
+        Formats: jsonl, parquet, txt (a caption file beside each image; `out` None) and manifest (the input
+        manifest with the output as a column)."""
+        self.status(job_id)
+        options = ExportOptions(fmt=fmt, statuses=tuple(statuses), column=column)
+        return export_job(self.settings, job_id, out, options)
+
+    def resume(self, job_id: str, *, release_running: bool = False) -> int:
+        """Re-dispatch every item that has not ended (after a crash or a lost broker); return how many.
+
+        Items whose lease expired go back to the queue first. Items still leased to a worker are left to it
+        (their chunk skips them) unless `release_running`, for when their workers are known to be gone."""
         with session_scope(self.db) as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id}")
+            lease_over = true() if release_running else Item.lease_until < now()
+            transition(
+                session,
+                job_id=job_id,
+                where=lease_over,
+                source=ItemStatus.RUNNING,
+                target=ItemStatus.QUEUED,
+                values={"lease_until": None},
+            )
             if job.cancel_requested:
                 transition(
                     session,
@@ -194,15 +258,16 @@ class Client:
             reopen_job(session, job_id=job_id)
         return self.dispatch_items(job_id, (ItemStatus.QUEUED, ItemStatus.RUNNING))
 
-    def retry_failed(self, job_id: str) -> int:
-        """Queue the failed items again as a new attempt; return how many."""
+    def retry_failed(self, job_id: str, codes: Sequence[str] = ()) -> int:
+        """Queue the failed items (those with one of `codes`, if given) again as a new attempt, with a fresh
+        attempts budget; succeeded items are untouched. Return how many."""
         with session_scope(self.db) as session:
             if session.get(Job, job_id) is None:
                 raise JobNotFound(f"no job {job_id}")
             moved = transition(
                 session,
                 job_id=job_id,
-                where=true(),
+                where=Item.error_code.in_(list(codes)) if codes else true(),
                 source=ItemStatus.FAILED,
                 target=ItemStatus.QUEUED,
                 values={"attempts": 0, "error_code": None, "error_message": None, "finished_at": None},
@@ -225,9 +290,14 @@ class Client:
                 .execution_options(yield_per=10_000)
             )
             count = 0
+            ranges: list[tuple[int, int]] = []
             for start, stop, n in _ranges(seqs, self.settings.chunk_size):
-                self.dispatcher.send_chunk(kind, job_id, start, stop, priority)
+                ranges.append((start, stop))
                 count += n
+                if len(ranges) == PUBLISH_BATCH:
+                    send_chunks(self.dispatcher, kind, job_id, ranges, priority)
+                    ranges = []
+            send_chunks(self.dispatcher, kind, job_id, ranges, priority)
         return count
 
 

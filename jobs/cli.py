@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
+import kombu.exceptions
+import sqlalchemy.exc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,15 +47,20 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(2)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
+    """Run `fn`; turn the errors a user can act on into one line and exit status 2."""
     try:
         return fn()
     except (OvisBatchError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except (sqlalchemy.exc.OperationalError, kombu.exceptions.OperationalError, OSError) as exc:
+        # A server that is down or refuses the credentials: say which, not the URL (it may hold a password).
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise _fail(f"cannot reach a service ({exc.__class__.__name__}): {reason}") from None
 
 
 # -- submit / run: one definition of each kind's options, used by both ------------------------------------
@@ -63,6 +70,12 @@ InputOpt = typer.Option(
 SeedOpt = typer.Option(42, help="Job seed; each item's seed derives from it and the item's id.")
 PriorityOpt = typer.Option(0, min=0, max=9, help="0 (lowest) to 9: higher runs first.")
 OutputOpt = typer.Option(None, "--output", help="Storage URL for outputs (default: OVIS_BATCH_STORAGE_URL).")
+SkipOpt = typer.Option(
+    False,
+    "--skip-existing",
+    help="Keep outputs earlier jobs of this kind made for the same ids in the same output location; "
+    "compute only the rest.",
+)
 
 
 def _drop_none(**values: Any) -> dict[str, Any]:
@@ -70,7 +83,7 @@ def _drop_none(**values: Any) -> dict[str, Any]:
 
 
 def _register(
-    target: typer.Typer, action: Callable[[JobKind, str, dict[str, Any], int, str | None], None]
+    target: typer.Typer, action: Callable[[JobKind, str, dict[str, Any], int, str | None, bool], None]
 ) -> None:
     @target.command("caption")
     def caption(
@@ -81,10 +94,11 @@ def _register(
         seed: int = SeedOpt,
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
+        skip_existing: bool = SkipOpt,
     ) -> None:
         """Caption images."""
         params = _drop_none(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        action(JobKind.CAPTION, input, params, priority, output)
+        action(JobKind.CAPTION, input, params, priority, output, skip_existing)
 
     @target.command("generate")
     def generate(
@@ -96,10 +110,11 @@ def _register(
         seed: int = SeedOpt,
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
+        skip_existing: bool = SkipOpt,
     ) -> None:
         """Render images from prompts."""
         params = _drop_none(width=width, height=height, steps=steps, txt_cfg=txt_cfg, seed=seed)
-        action(JobKind.GENERATE, input, params, priority, output)
+        action(JobKind.GENERATE, input, params, priority, output, skip_existing)
 
     @target.command("edit")
     def edit(
@@ -110,21 +125,33 @@ def _register(
         seed: int = SeedOpt,
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
+        skip_existing: bool = SkipOpt,
     ) -> None:
         """Edit images following instructions (a manifest of image + instruction)."""
         params = _drop_none(steps=steps, img_cfg=img_cfg, txt_cfg=txt_cfg, seed=seed)
-        action(JobKind.EDIT, input, params, priority, output)
+        action(JobKind.EDIT, input, params, priority, output, skip_existing)
 
 
-def _submit(kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None) -> None:
+def _submit(
+    kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
+) -> None:
     client = Client(get_settings())
-    job_id = _guard(lambda: client.submit(kind, source, params=params, priority=priority, output_url=output))
+    job_id = _guard(
+        lambda: client.submit(
+            kind, source, params=params, priority=priority, output_url=output, skip_existing=skip
+        )
+    )
     report = client.status(job_id)
-    console.print(f"submitted {kind.value} job [bold]{job_id}[/bold] with {report.total} items")
+    skipped = f" ({report.skipped} kept from earlier jobs)" if report.skipped else ""
+    console.print(f"submitted {kind.value} job [bold]{job_id}[/bold] with {report.total} items{skipped}")
     print(job_id)
 
 
-def _run(kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None) -> None:
+def _run(
+    kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
+) -> None:
+    if skip:
+        raise _fail("--skip-existing applies to `ovis-batch submit`")
     settings = get_settings()
     if output:
         settings = settings.model_copy(update={"storage_url": output})
@@ -182,21 +209,31 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     interval: float = typer.Option(1.0, help="Seconds between refreshes with --watch."),
 ) -> None:
-    """Show a job's progress."""
+    """Show a job's progress: counters, rate, ETA and failures by error code (--watch: live)."""
+    from jobs.progress import eta_seconds, overall_rate
+    from jobs.progress import watch as watch_job
+
     client = Client(get_settings())
     report: JobReport = _guard(lambda: client.status(job_id))
     if as_json:
-        data = report.as_dict() | {"errors": client.errors_by_code(job_id)}
+        rate = overall_rate(report)
+        errors = client.errors_by_code(job_id) if report.failed else {}
+        data = report.as_dict() | {"errors": errors, "rate": rate, "eta_s": eta_seconds(report, rate)}
         print(json.dumps(data))
         return
     if watch and not JobStatus(report.status).final:
-        with _progress() as progress:
-            task = progress.add_task(f"{report.kind} {job_id[:8]}", total=report.total, completed=report.done)
-            while not JobStatus(report.status).final:
-                time.sleep(interval)
-                report = client.status(job_id)
-                progress.update(task, total=report.total, completed=report.done)
+        report = watch_job(client, job_id, console, interval)
     _print_report(report, client.errors_by_code(job_id) if report.failed else {})
+
+
+def _rate_text(report: JobReport) -> str:
+    from jobs.progress import eta_seconds, format_duration, overall_rate
+
+    rate = overall_rate(report)
+    if rate is None:
+        return "-"
+    eta = "" if JobStatus(report.status).final else f", ETA {format_duration(eta_seconds(report, rate))}"
+    return f"{rate:,.1f} items/s{eta}"
 
 
 def _print_report(report: JobReport, errors: dict[str, int]) -> None:
@@ -212,6 +249,8 @@ def _print_report(report: JobReport, errors: dict[str, int]) -> None:
         ("succeeded", report.succeeded),
         ("failed", report.failed),
         ("cancelled", report.cancelled),
+        ("skipped", report.skipped),
+        ("rate", _rate_text(report)),
         ("created", report.created_at),
         ("started", report.started_at),
         ("finished", report.finished_at),
@@ -226,13 +265,19 @@ def _print_report(report: JobReport, errors: dict[str, int]) -> None:
 
 @app.command("list")
 def list_jobs(
-    status: str | None = typer.Option(None, help="Only jobs in this state."),
+    status: str | None = typer.Option(None, help="Only jobs in these states (comma-separated)."),
     kind: str | None = typer.Option(None, help="Only jobs of this kind."),
+    since: str | None = typer.Option(None, help="Only jobs created since: 90m, 12h, 7d or an ISO date."),
+    source: str | None = typer.Option(None, help="Only jobs whose source contains this text."),
     limit: int = typer.Option(50, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List jobs, newest first."""
-    reports = Client(get_settings()).list(status=status, kind=kind, limit=limit)
+    from jobs.progress import parse_since
+
+    states = [part.strip() for part in status.split(",") if part.strip()] if status else None
+    created = _guard(lambda: parse_since(since)) if since else None
+    reports = Client(get_settings()).list(status=states, kind=kind, since=created, source=source, limit=limit)
     if as_json:
         for report in reports:
             print(json.dumps(report.as_dict()))
@@ -255,13 +300,25 @@ def list_jobs(
 @app.command()
 def export(
     job_id: str,
-    out: str = typer.Option(..., "--out", "-o", help="File to write."),
-    fmt: str = typer.Option("", "--format", "-f", help="jsonl or parquet (default: from the file name)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="File, folder or s3:// URL (txt: default beside each image)."
+    ),
+    fmt: str = typer.Option(
+        "",
+        "--format",
+        "-f",
+        help="jsonl, parquet, txt (a caption file beside each image) or manifest (the input manifest with "
+        "the output as a column); default: from --out's extension, else jsonl.",
+    ),
+    status: str | None = typer.Option(None, help="Only items in these states (comma-separated)."),
+    column: str | None = typer.Option(None, help="manifest: the added column (default caption / output)."),
 ) -> None:
-    """Export a job's results (also while it runs)."""
-    fmt = fmt or ("parquet" if out.endswith(".parquet") else "jsonl")
-    count = _guard(lambda: Client(get_settings()).export(job_id, out, fmt))
-    console.print(f"wrote {count} rows to {out}")
+    """Export a job's results (also while it runs, as far as it has come)."""
+    fmt = fmt or ("parquet" if (out or "").endswith(".parquet") else "jsonl")
+    states = [part.strip() for part in status.split(",") if part.strip()] if status else []
+    client = Client(get_settings())
+    count = _guard(lambda: client.export(job_id, out, fmt, statuses=states, column=column))
+    console.print(f"wrote {count} items to {out or 'caption files beside the images'}")
 
 
 @app.command()
@@ -272,16 +329,26 @@ def cancel(job_id: str) -> None:
 
 
 @app.command()
-def resume(job_id: str) -> None:
-    """Re-dispatch every item of a job that has not ended."""
-    count = _guard(lambda: Client(get_settings()).resume(job_id))
+def resume(
+    job_id: str,
+    release_running: bool = typer.Option(
+        False, "--release-running", help="Also take back items leased to workers known to be gone."
+    ),
+) -> None:
+    """Re-dispatch every item of a job that has not ended (queued, expired leases, cancelled)."""
+    count = _guard(lambda: Client(get_settings()).resume(job_id, release_running=release_running))
     console.print(f"re-dispatched {count} items of job {job_id}")
 
 
 @app.command()
-def retry(job_id: str, failed: bool = typer.Option(True, "--failed", help="Retry the failed items.")) -> None:
-    """Queue the failed items of a job again."""
-    count = _guard(lambda: Client(get_settings()).retry_failed(job_id))
+def retry(
+    job_id: str,
+    failed: bool = typer.Option(True, "--failed", help="Retry the failed items (the only kind of retry)."),
+    code: str | None = typer.Option(None, help="Only failures with these error codes (comma-separated)."),
+) -> None:
+    """Queue the failed items of a job again, as a new attempt; succeeded items are kept."""
+    codes = [part.strip() for part in code.split(",") if part.strip()] if code else []
+    count = _guard(lambda: Client(get_settings()).retry_failed(job_id, codes))
     console.print(f"queued {count} failed items of job {job_id} again")
 
 
@@ -370,7 +437,10 @@ def flower(
 
     settings = get_settings()
     auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
-    loopback = address in ("localhost",) or ipaddress.ip_address(address).is_loopback
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: only "localhost" counts as local
+        loopback = False
     if not auth and not loopback:
         raise _fail(
             "Flower without authentication may only listen on localhost: set "
@@ -439,5 +509,13 @@ def demo(out: str = typer.Option("demo-output", help="Folder for the demo's inpu
     _guard(lambda: run_demo(out, console))
 
 
+def main() -> None:
+    """The `ovis-batch` console script: errors a user can act on end in one line, not a traceback."""
+    try:
+        _guard(app)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
 if __name__ == "__main__":  # the GPU launcher starts its children as `python -m jobs.cli`
-    app()
+    main()

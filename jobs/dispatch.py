@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from celery import Celery
 
 from jobs.broker import TASK_NAMES, broker_priority, make_celery, queue_for
 from jobs.lifecycle import JobKind
 from jobs.settings import Settings
+
+#: Broker commands buffered before a pipelined flush (kombu's producer batch).
+PUBLISH_BATCH = 1000
 
 
 class Dispatcher(Protocol):
@@ -24,17 +28,74 @@ class CeleryDispatcher:
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
+        self._bulk_app = app
+
+    @property
+    def bulk_app(self) -> Celery:
+        """The app bulk publishing goes through: the same broker, without a "task-sent" event per chunk.
+
+        A million-item job is 15,625 chunks: their sent events would cost a third of the publishing time and
+        flood Flower's task list (10,000 tasks by default) with pending chunks; workers still report every
+        chunk they receive, start and finish.
+        """
+        if self._bulk_app is None:
+            self._bulk_app = make_celery(self.settings)
+            self._bulk_app.conf.task_send_sent_event = False
+        return self._bulk_app
 
     def send_chunk(self, kind: JobKind, job_id: str, start: int, stop: int, priority: int) -> None:
         """Publish the chunk to its kind's queue."""
-        self.app.send_task(
+        self._publish(self.app, kind, job_id, start, stop, priority, None)
+
+    def send_chunks(
+        self, kind: JobKind, job_id: str, ranges: Sequence[tuple[int, int]], priority: int
+    ) -> None:
+        """Publish many chunks through one producer, pipelined: few Redis round trips instead of two each."""
+        app = self.bulk_app
+        with app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
+            for index, (start, stop) in enumerate(ranges):
+                # The first message declares the queue; checking that again for every message would cost a
+                # fifth of the publishing time of a million-item job.
+                declare: list[Any] | None = None if index == 0 else []
+                self._publish(app, kind, job_id, start, stop, priority, producer, declare)
+
+    def _publish(
+        self,
+        app: Celery,
+        kind: JobKind,
+        job_id: str,
+        start: int,
+        stop: int,
+        priority: int,
+        producer: Any,
+        declare: list[Any] | None = None,
+    ) -> None:
+        app.send_task(
             TASK_NAMES[kind],
             args=[job_id, start, stop],
             queue=queue_for(self.settings, kind),
             priority=broker_priority(self.settings, priority),
             shadow=f"{TASK_NAMES[kind]}[{job_id[:8]} {start}-{stop}]",
+            producer=producer,
+            declare=declare,
         )
 
     def close(self) -> None:
         """Release broker connections."""
         self.app.close()
+        if self._bulk_app is not None and self._bulk_app is not self.app:
+            self._bulk_app.close()
+
+
+def send_chunks(
+    dispatcher: Dispatcher, kind: JobKind, job_id: str, ranges: Sequence[tuple[int, int]], priority: int
+) -> None:
+    """Send chunks in bulk where the dispatcher can (submission, resume), else one by one."""
+    if not ranges:
+        return
+    bulk = getattr(dispatcher, "send_chunks", None)
+    if bulk is not None:
+        bulk(kind, job_id, ranges, priority)
+        return
+    for start, stop in ranges:
+        dispatcher.send_chunk(kind, job_id, start, stop, priority)

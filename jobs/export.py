@@ -1,66 +1,119 @@
-"""Exports streamed from SQL with flat memory: JSONL and Parquet of id, input, output, status, error."""
+"""Exports of a job, streamed from SQL with flat memory, also while the job runs.
+
+- `jsonl`, `parquet`: one row per item: id, input, prompt, output (caption or output URI), status, error.
+- `txt`: a caption file beside each image, `photo.jpg` -> `photo.txt` (what dataset-training tools read).
+- `manifest`: the job's input manifest again, with the output added as a column (see jobs.export_manifest).
+
+Destinations are local paths or storage URLs (s3://...): files are written locally, then uploaded.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
 from jobs.db import session_scope
 from jobs.errors import InvalidParameters, JobNotFound
+from jobs.lifecycle import ItemStatus
 from jobs.models import Item, Job
 from jobs.settings import Settings
-from storage import open_store
+from storage import S3Options, open_store, parse_url
 
-FORMATS = ("jsonl", "parquet")
-_ROWS_PER_FETCH = 10_000
+FORMATS = ("jsonl", "parquet", "txt", "manifest")
 COLUMNS = ("id", "input", "prompt", "output", "status", "error_code", "error", "attempts")
+#: Rows fetched per round trip (a server-side cursor on PostgreSQL).
+ROWS_PER_FETCH = 10_000
+_CONTENT_TYPES = {
+    "jsonl": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+    "csv": "text/csv",
+}
 
 
-def iter_rows(settings: Settings, job_id: str) -> Iterator[dict[str, Any]]:
-    """Every item of a job in source order, as export rows, streamed from the database."""
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
-        if session.get(Job, job_id) is None:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export."""
+
+    #: One of FORMATS.
+    fmt: str = "jsonl"
+    #: Only items in these states (all when empty), e.g. ("succeeded",).
+    statuses: tuple[str, ...] = ()
+    #: `manifest`: the name of the added column (default: "caption", or "output" for images).
+    column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            choices = ", ".join(FORMATS)
+            raise InvalidParameters(f"unknown export format {self.fmt!r}; choose one of: {choices}")
+        known = {status.value for status in ItemStatus}
+        for status in self.statuses:
+            if status not in known:
+                raise InvalidParameters(f"unknown item state {status!r}; states: {', '.join(sorted(known))}")
+
+
+def load_job(settings: Settings, job_id: str) -> Job:
+    """The job's row (detached), or JobNotFound."""
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
             raise JobNotFound(f"no job {job_id}")
-        query = (
-            select(
-                Item.key,
-                Item.source,
-                Item.text,
-                Item.output,
-                Item.status,
-                Item.error_code,
-                Item.error_message,
-                Item.attempts,
-            )
-            .where(Item.job_id == job_id)
-            .order_by(Item.seq)
-            .execution_options(yield_per=_ROWS_PER_FETCH)
-        )
-        for row in session.execute(query):
+        session.expunge(job)
+        return job
+
+
+def iter_rows(
+    settings: Settings, job_id: str, statuses: Sequence[str] = (), order_by_seq: bool = True
+) -> Iterator[dict[str, Any]]:
+    """The job's items in source order, as export rows, streamed from the database."""
+    load_job(settings, job_id)
+    items = Item.__table__.c
+    query = select(
+        items.key,
+        items.source,
+        items.text,
+        items.output,
+        items.status,
+        items.error_code,
+        items.error_message,
+        items.attempts,
+    ).where(items.job_id == job_id)
+    if statuses:
+        query = query.where(items.status.in_(list(statuses)))
+    if order_by_seq:
+        query = query.order_by(items.seq)
+    with session_scope(settings.resolved_database_url) as session:
+        # Core rows over a server-side cursor: a million rows stream in flat memory, without ORM overhead.
+        connection = session.connection().execution_options(yield_per=ROWS_PER_FETCH)
+        for row in connection.execute(query):
             yield dict(zip(COLUMNS, row, strict=True))
 
 
-def write_local(settings: Settings, job_id: str, path: str, fmt: str) -> int:
-    """Write a job's rows to a local file; return the number of rows."""
-    if fmt not in FORMATS:
-        raise InvalidParameters(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if fmt == "jsonl":
-        count = 0
-        with open(path, "w", encoding="utf-8") as out:
-            for row in iter_rows(settings, job_id):
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-        return count
-    return _write_parquet(iter_rows(settings, job_id), path)
+def write_jsonl(rows: Iterator[dict[str, Any]], path: str) -> int:
+    """Write rows as JSON lines; return how many."""
+    count = 0
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    with open(path, "w", encoding="utf-8") as out:
+        lines: list[str] = []
+        for row in rows:
+            lines.append(dumps(row))
+            if len(lines) == ROWS_PER_FETCH:
+                out.write("\n".join(lines) + "\n")
+                count += len(lines)
+                lines.clear()
+        if lines:
+            out.write("\n".join(lines) + "\n")
+            count += len(lines)
+    return count
 
 
-def _write_parquet(rows: Iterator[dict[str, Any]], path: str) -> int:
+def write_parquet(rows: Iterator[dict[str, Any]], path: str) -> int:
+    """Write rows as Parquet, one row group per fetch; return how many."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -70,7 +123,7 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: str) -> int:
         batch: list[dict[str, Any]] = []
         for row in rows:
             batch.append(row)
-            if len(batch) >= _ROWS_PER_FETCH:
+            if len(batch) >= ROWS_PER_FETCH:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 count += len(batch)
                 batch.clear()
@@ -80,25 +133,68 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: str) -> int:
     return count
 
 
-def write_results(settings: Settings, job_id: str, fmt: str = "jsonl") -> str:
-    """Write a job's results next to its outputs (`{output_url}/{job_id}/results.{fmt}`); return the URL."""
-    with session_scope(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"no job {job_id}")
-        output_url = job.output_url
-    fd, tmp = tempfile.mkstemp(suffix=f".{fmt}")
+def write_file(out: str, suffix: str, write: Callable[[str], int], s3: S3Options) -> int:
+    """Run `write(path)` into `out`: directly for a local path, via a temporary file for a storage URL."""
+    location = parse_url(out)
+    if location.scheme == "local":
+        # Written beside the target and renamed over it: a reader never sees half a file.
+        folder = os.path.dirname(location.path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=f"{suffix}.ovis-tmp")
+        os.close(fd)
+        try:
+            count = write(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, location.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return count
+    folder, _, name = out.rstrip("/").rpartition("/")
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
     os.close(fd)
     try:
-        write_local(settings, job_id, tmp, fmt)
-        content_type = "application/x-ndjson" if fmt == "jsonl" else "application/vnd.apache.parquet"
-        url = open_store(output_url, settings.s3_options()).upload_file(
-            f"{job_id}/results.{fmt}", tmp, content_type
-        )
+        count = write(tmp)
+        content_type = _CONTENT_TYPES.get(suffix.lstrip("."), "application/octet-stream")
+        open_store(folder, s3).upload_file(name, tmp, content_type)
     finally:
         os.unlink(tmp)
+    return count
+
+
+def export_job(settings: Settings, job_id: str, out: str | None, options: ExportOptions | None = None) -> int:
+    """Export a job to `out` (a local path or storage URL; for `txt`, None writes beside the images);
+    return how many items were written."""
+    options = options or ExportOptions()
+    if options.fmt == "txt":
+        from jobs.export_captions import write_caption_files
+
+        return write_caption_files(settings, job_id, out, options.statuses)
+    if out is None:
+        raise InvalidParameters(f"the {options.fmt} export needs a destination (--out)")
+    if options.fmt == "manifest":
+        from jobs.export_manifest import write_manifest
+
+        return write_manifest(settings, job_id, out, options)
+    rows = lambda: iter_rows(settings, job_id, options.statuses)  # noqa: E731 - opened inside write_file
+    writer = write_jsonl if options.fmt == "jsonl" else write_parquet
+    return write_file(out, f".{options.fmt}", lambda path: writer(rows(), path), settings.s3_options())
+
+
+def write_local(settings: Settings, job_id: str, path: str, fmt: str) -> int:
+    """Write a job's rows to a local file as JSONL or Parquet; return the number of rows."""
+    if fmt not in ("jsonl", "parquet"):
+        raise InvalidParameters(f"unknown results format {fmt!r}; choose jsonl or parquet")
+    return export_job(settings, job_id, path, ExportOptions(fmt=fmt))
+
+
+def write_results(settings: Settings, job_id: str, fmt: str = "jsonl") -> str:
+    """Write a job's results next to its outputs (`{output_url}/{job_id}/results.{fmt}`); return the URL."""
+    job = load_job(settings, job_id)
+    url = open_store(job.output_url, settings.s3_options()).url_for(f"{job_id}/results.{fmt}")
+    export_job(settings, job_id, url, ExportOptions(fmt=fmt))
     with session_scope(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            job.export_url = url
+        row = session.get(Job, job_id)
+        if row is not None:
+            row.export_url = url
     return url

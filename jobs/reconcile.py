@@ -1,17 +1,21 @@
 """The reconciler: the database is the record of truth, so work the broker lost is found there and re-sent.
 
 - Items whose lease expired (their worker died) go back to the queue and are dispatched again.
-- Queued items of unfinished jobs are dispatched again when their kind's queue is empty and no message is
-  in flight: the broker lost them (Redis restarted without persistence). A duplicate is harmless: claims are
-  conditional, finished items are skipped.
+- Queued items of unfinished jobs are dispatched again when their kind's queue is empty and no message was
+  taken by a worker within the last lease: the broker lost them (Redis restarted without persistence), or a
+  dead worker holds them unacknowledged. A duplicate is harmless: claims are conditional, finished items are
+  skipped.
 - Jobs whose items have all ended but were not finalized (a crash in between) are finalized.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from celery import Celery
 from sqlalchemy import and_, select
 
 from jobs.api import Client
@@ -21,11 +25,26 @@ from jobs.dispatch import CeleryDispatcher
 from jobs.export import write_results
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
-from jobs.queues import queue_depths, unacked_count
+from jobs.queues import queue_depths
 from jobs.settings import Settings
 from jobs.state import finalize_job, now, transition
 
 log = logging.getLogger(__name__)
+
+
+def _recently_taken(app: Celery, max_age_s: float) -> int:
+    """Messages workers took in the last `max_age_s` seconds and have not acknowledged (Redis).
+
+    An older unacknowledged message either runs a chunk, whose items are then leased rather than queued, or
+    was held by a worker that died (a chunk waiting for its retry, say): Redis gives that back only after the
+    visibility timeout, hours later. Neither stands for queued items, so neither holds back a re-dispatch.
+    """
+    with app.connection_for_read() as connection:
+        channel: Any = connection.default_channel
+        client = getattr(channel, "client", None)
+        if client is None or not hasattr(channel, "unacked_index_key"):
+            return 0
+        return int(client.zcount(channel.unacked_index_key, time.time() - max_age_s, "+inf"))
 
 
 @dataclass
@@ -51,7 +70,7 @@ def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) ->
     if not jobs:
         return report
     depths = queue_depths(dispatcher.app, settings)
-    in_flight = unacked_count(dispatcher.app)
+    in_flight = _recently_taken(dispatcher.app, settings.lease_seconds)
     for job_id, kind in jobs:
         with session_scope(settings.resolved_database_url) as session:
             expired = transition(

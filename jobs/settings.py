@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     #: Torch-free backend only: simulated model time.
     fake_ms_per_item: float = 0.0
     fake_ms_per_batch: float = 0.0
+    #: Torch-free backend only, a fault-injection hook for tests: a prompt or instruction containing this text
+    #: kills the worker process with SIGKILL when the model reaches it, as a segfault or the kernel's OOM
+    #: killer would. Empty (the default) disables it.
+    fake_crash_marker: str = ""
 
     #: Items per Celery task; a chunk should take minutes, never hours.
     chunk_size: int = Field(default=64, ge=1, le=10_000)

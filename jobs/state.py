@@ -6,7 +6,7 @@ it may move an item out of, and counters change by the number of rows that actua
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -48,6 +48,7 @@ class ClaimedItem:
     source: str
     text: str
     params: dict[str, Any] | None
+    #: Attempts started before this claim; above 0, an earlier one ended without a result (its worker died).
     attempts: int
 
 
@@ -100,8 +101,10 @@ def claim_items(
     """Claim the runnable items of a seq range for `worker`.
 
     Runnable: queued, or running with an expired lease (its worker died). Items already tried
-    `max_attempts` times are quarantined as poisoned instead. Returns the claimed items and whether items of
-    the range are still leased by another worker.
+    `max_attempts` times are quarantined as poisoned instead. A claim does not count an attempt:
+    `start_attempts` does, for the items a worker actually starts, so that the neighbours of an item that
+    kills its worker are not quarantined with it. Returns the claimed items and whether items of the range are
+    still leased by another worker.
     """
     t = now()
     runnable_running = and_(Item.status == ItemStatus.RUNNING.value, Item.lease_until < t)
@@ -123,7 +126,6 @@ def claim_items(
             },
         )
     claim_values = {
-        "attempts": Item.attempts + 1,
         "lease_until": t + timedelta(seconds=lease_seconds),
         "worker": worker,
         "started_at": t,
@@ -155,10 +157,10 @@ def claim_items(
     return items, leased is not None
 
 
-def renew_lease(
-    session: Session, *, job_id: str, seqs: Sequence[int], worker: str, lease_seconds: int
+def _update_held(
+    session: Session, *, job_id: str, seqs: Sequence[int], worker: str, values: dict[str, Any]
 ) -> None:
-    """Extend the lease of items this worker is still running."""
+    # Only items this worker still runs: a late worker whose items were handed to another changes nothing.
     if not seqs:
         return
     session.execute(
@@ -169,9 +171,23 @@ def renew_lease(
             Item.status == ItemStatus.RUNNING.value,
             Item.worker == worker,
         )
-        .values(lease_until=now() + timedelta(seconds=lease_seconds))
+        .values(values)
         .execution_options(synchronize_session=False)
     )
+
+
+def renew_lease(
+    session: Session, *, job_id: str, seqs: Sequence[int], worker: str, lease_seconds: int
+) -> None:
+    """Extend the lease of items this worker is still running."""
+    lease_until = now() + timedelta(seconds=lease_seconds)
+    _update_held(session, job_id=job_id, seqs=seqs, worker=worker, values={"lease_until": lease_until})
+
+
+def start_attempts(session: Session, *, job_id: str, seqs: Sequence[int], worker: str) -> None:
+    """Count one attempt for items this worker starts to fetch and run; committed before the work begins, so
+    that an attempt which kills the worker still counts."""
+    _update_held(session, job_id=job_id, seqs=seqs, worker=worker, values={"attempts": Item.attempts + 1})
 
 
 def record_successes(session: Session, *, job_id: str, outputs: dict[int, str]) -> int:
@@ -230,18 +246,31 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
     return moved
 
 
-def release_items(session: Session, *, job_id: str, seqs: Sequence[int], worker: str) -> int:
-    """Hand running items back to the queue (graceful stop, transient fault); return how many."""
-    if not seqs:
-        return 0
-    return transition(
-        session,
-        job_id=job_id,
-        where=and_(Item.seq.in_(seqs), Item.worker == worker),
-        source=ItemStatus.RUNNING,
-        target=ItemStatus.QUEUED,
-        values={"lease_until": None},
-    )
+def release_items(
+    session: Session, *, job_id: str, seqs: Sequence[int], worker: str, uncount: Collection[int] = ()
+) -> int:
+    """Hand running items back to the queue (graceful stop, transient fault); return how many.
+
+    The attempts started for the items in `uncount` are taken back: a stop or an unavailable service is not
+    the item's doing and must not bring it closer to quarantine.
+    """
+    moved = 0
+    taken_back = sorted(set(seqs) & set(uncount))
+    kept = sorted(set(seqs) - set(uncount))
+    for group, values in (
+        (taken_back, {"lease_until": None, "attempts": Item.attempts - 1}),
+        (kept, {"lease_until": None}),
+    ):
+        if group:
+            moved += transition(
+                session,
+                job_id=job_id,
+                where=and_(Item.seq.in_(group), Item.worker == worker),
+                source=ItemStatus.RUNNING,
+                target=ItemStatus.QUEUED,
+                values=values,
+            )
+    return moved
 
 
 def cancel_items(session: Session, *, job_id: str, seqs: Sequence[int] | None = None) -> int:

@@ -1,33 +1,42 @@
-"""Submission: validate, insert the job and its items in bulk, dispatch chunks as they are formed."""
+"""Submission: validate, insert the job and its items in bulk, dispatch chunks as they are formed.
+
+The source is read and checked on the caller's thread while a writer thread inserts the previous batch
+(PostgreSQL COPY) and publishes its chunks, so parsing and the database's work overlap; at most two batches
+are held at any time, whatever the size of the source.
+"""
 
 from __future__ import annotations
 
-import io
-import json
 import logging
+import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
+from jobs.bulk import ExistingOutputs, insert_items, refresh_statistics
 from jobs.db import ensure_schema, session_scope
-from jobs.dispatch import Dispatcher
+from jobs.dispatch import Dispatcher, send_chunks
 from jobs.errors import InputNotAllowed, InvalidParameters, InvalidSource
-from jobs.lifecycle import ItemStatus, JobKind
+from jobs.inputs import InputRoots
+from jobs.lifecycle import JobKind, JobStatus
 from jobs.models import Item, Job
 from jobs.params import validate_params, validate_text
 from jobs.settings import Settings
-from storage import is_within
+from jobs.state import finalize_job
 
 log = logging.getLogger(__name__)
 
-#: Rows per insert batch: large enough for bulk speed, small enough for flat memory.
-INSERT_BATCH = 5000
+#: Items per insert transaction: large enough for bulk speed, small enough for flat memory.
+INSERT_BATCH = 10_000
+#: Batches written at once, each on its own database connection.
+WRITERS = 2
 #: Per-item parameters a manifest may set, per kind (the rest are job-wide).
 ITEM_PARAMS: dict[JobKind, frozenset[str]] = {
     JobKind.CAPTION: frozenset({"max_new_tokens", "seed"}),
@@ -36,9 +45,9 @@ ITEM_PARAMS: dict[JobKind, frozenset[str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ItemSpec:
-    """One item as a source yields it."""
+    """One item as a source yields it (slots: a million of these are made per million items)."""
 
     key: str
     #: Input image URL (caption, edit).
@@ -53,97 +62,114 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_item(kind: JobKind, spec: ItemSpec, settings: Settings, roots: list[str]) -> ItemSpec:
-    """Validate one item; raise InvalidParameters / InputNotAllowed naming the item."""
-    if not spec.key or len(spec.key) > 512:
-        raise InvalidParameters(f"item id {spec.key[:60]!r} must have 1 to 512 characters")
-    where = f"item {spec.key!r}"
-    if kind in (JobKind.CAPTION, JobKind.EDIT):
-        if not spec.source:
-            raise InvalidParameters(f"{where}: no input image")
-        if not is_within(spec.source, roots):
-            raise InputNotAllowed(
-                f"{where}: {spec.source} is outside the allowed input roots ({', '.join(roots)}); "
-                "set OVIS_BATCH_INPUT_ROOTS to allow it"
-            )
-    text = validate_text(
-        spec.text,
-        max_chars=settings.max_prompt_chars,
-        what=f"{where}: prompt",
-        required=kind is not JobKind.CAPTION,
-    )
-    params = spec.params
-    if params:
-        unknown = set(params) - ITEM_PARAMS[kind]
+class ItemChecker:
+    """Validates the items of one job: ids, inputs inside the allowed roots, prompt limits, parameters."""
+
+    def __init__(self, kind: JobKind, settings: Settings) -> None:
+        self.kind = kind
+        self.roots = InputRoots(settings.allowed_input_roots)
+        self.max_chars = settings.max_prompt_chars
+        self.needs_image = kind in (JobKind.CAPTION, JobKind.EDIT)
+        self.needs_text = kind is not JobKind.CAPTION
+
+    def __call__(self, spec: ItemSpec) -> ItemSpec:
+        """The item with its text stripped and parameters validated; errors name the item."""
+        if not spec.key or len(spec.key) > 512:
+            raise InvalidParameters(f"item id {spec.key[:60]!r} must have 1 to 512 characters")
+        if self.needs_image:
+            if not spec.source:
+                raise InvalidParameters(f"item {spec.key!r}: no input image")
+            if not self.roots.allows(spec.source):
+                raise InputNotAllowed(
+                    f"item {spec.key!r}: {spec.source} is outside the allowed input roots "
+                    f"({', '.join(self.roots.roots)}); set OVIS_BATCH_INPUT_ROOTS to allow it"
+                )
+        if spec.text or self.needs_text:
+            what, required = f"item {spec.key!r}: prompt", self.needs_text
+            spec.text = validate_text(spec.text, max_chars=self.max_chars, what=what, required=required)
+        if spec.params:
+            spec.params = self._params(spec)
+        return spec
+
+    def _params(self, spec: ItemSpec) -> dict[str, Any] | None:
+        assert spec.params is not None
+        unknown = set(spec.params) - ITEM_PARAMS[self.kind]
         if unknown:
-            allowed = ", ".join(sorted(ITEM_PARAMS[kind]))
             raise InvalidParameters(
-                f"{where}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                f"per-item parameters for {kind.value}: {allowed}"
+                f"item {spec.key!r}: unknown parameter(s) {', '.join(sorted(unknown))}; per-item parameters "
+                f"for {self.kind.value}: {', '.join(sorted(ITEM_PARAMS[self.kind]))}"
             )
-        params = validate_params(kind, params, where=where).model_dump(include=set(params))
-    return ItemSpec(key=spec.key, source=spec.source, text=text, params=params or None)
+        model = validate_params(self.kind, spec.params, where=f"item {spec.key!r}")
+        return model.model_dump(include=set(spec.params)) or None
 
 
-def _copy_rows(session: Session, job_id: str, first_seq: int, specs: list[ItemSpec]) -> None:
-    """PostgreSQL COPY: the fastest bulk path, constant memory per batch."""
-    connection = session.connection().connection.driver_connection
-    assert connection is not None
-    buffer = io.StringIO()
-    for offset, spec in enumerate(specs):
-        params = json.dumps(spec.params) if spec.params else None
-        buffer.write(
-            "\t".join(
-                _copy_field(v)
-                for v in (
-                    job_id,
-                    str(first_seq + offset),
-                    spec.key,
-                    spec.source,
-                    spec.text,
-                    params,
-                    ItemStatus.QUEUED.value,
-                    "0",
+def chunk_ranges(seqs: Iterable[int], size: int) -> list[tuple[int, int]]:
+    """Sorted seqs grouped into ranges [start, stop) of at most `size` of them."""
+    ranges: list[tuple[int, int]] = []
+    start: int | None = None
+    count = last = 0
+    for seq in seqs:
+        if start is None:
+            start = seq
+        last = seq
+        count += 1
+        if count == size:
+            ranges.append((start, seq + 1))
+            start, count = None, 0
+    if start is not None:
+        ranges.append((start, last + 1))
+    return ranges
+
+
+class _BatchWriter:
+    """Inserts batches of one job, keeps its counters, and publishes each batch's chunks once committed.
+
+    Several batches are written at once, each on its own connection: PostgreSQL's work per row is as large
+    as the parsing's, and two backends keep both cores busy.
+    """
+
+    def __init__(
+        self, settings: Settings, *, job_id: str, kind: JobKind, priority: int, dispatcher: Dispatcher
+    ) -> None:
+        self.url = settings.resolved_database_url
+        self.job_id, self.kind, self.priority = job_id, kind, priority
+        self.dispatcher = dispatcher
+        self.chunk_size = settings.chunk_size
+        self.existing: ExistingOutputs | None = None
+        self.total = self.queued = self.skipped = 0
+        self._lock = threading.Lock()
+
+    def write(self, first: int, specs: list[ItemSpec]) -> None:
+        """Insert one batch (seqs from `first`) in one transaction, then publish its chunks."""
+        with session_scope(self.url) as session:
+            done = self.existing.lookup(session, [s.key for s in specs]) if self.existing else {}
+            insert_items(session, self.job_id, first, specs, done)
+            skipped = len(done)
+            # The counters last: concurrent batches then hold the job row's lock only until they commit.
+            session.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(
+                    total=Job.total + len(specs),
+                    n_queued=Job.n_queued + len(specs) - skipped,
+                    n_succeeded=Job.n_succeeded + skipped,
+                    n_skipped=Job.n_skipped + skipped,
                 )
             )
-        )
-        buffer.write("\n")
-    with (
-        connection.cursor() as cursor,
-        cursor.copy(
-            "COPY items (job_id, seq, key, source, text, params, status, attempts) FROM STDIN"
-        ) as copy,
-    ):
-        copy.write(buffer.getvalue())
-
-
-def _copy_field(value: str | None) -> str:
-    if value is None:
-        return r"\N"
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def insert_items(session: Session, job_id: str, first_seq: int, specs: list[ItemSpec]) -> None:
-    """Insert a batch of items with consecutive seqs starting at `first_seq`."""
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        _copy_rows(session, job_id, first_seq, specs)
-        return
-    session.execute(
-        insert(Item),
-        [
-            {
-                "job_id": job_id,
-                "seq": first_seq + i,
-                "key": s.key,
-                "source": s.source,
-                "text": s.text,
-                "params": s.params,
-                "status": ItemStatus.QUEUED.value,
-                "attempts": 0,
-            }
-            for i, s in enumerate(specs)
-        ],
-    )
+        with self._lock:
+            self.total += len(specs)
+            self.skipped += skipped
+            self.queued += len(specs) - skipped
+        if first == 0:
+            # Before the first chunks go out: workers' updates need plans made with the table's real size.
+            refresh_statistics(self.url, len(specs))
+        if done:
+            seqs: Iterable[int] = (first + i for i, s in enumerate(specs) if s.key not in done)
+        else:
+            seqs = range(first, first + len(specs))
+        ranges = chunk_ranges(seqs, self.chunk_size)
+        if ranges:
+            send_chunks(self.dispatcher, self.kind, self.job_id, ranges, self.priority)
 
 
 def _batches(items: Iterable[ItemSpec], size: int) -> Iterator[list[ItemSpec]]:
@@ -162,11 +188,15 @@ def submit_job(
     source: str = "",
     priority: int = 0,
     output_url: str | None = None,
+    skip_existing: bool = False,
+    source_options: dict[str, Any] | None = None,
 ) -> str:
     """Create a job from a stream of items and dispatch its chunks; return the job id.
 
     Nothing is dispatched for a job whose parameters are invalid. An invalid item stops the submission:
-    the job and what was inserted of it are deleted, and the error names the item.
+    the job is cancelled (workers drop chunks already sent) and deleted, and the error names the item.
+    With `skip_existing`, items whose id already has an output (see ExistingOutputs) are recorded as
+    succeeded with that output and are not computed again.
     """
     url = settings.resolved_database_url
     if settings.embedded:
@@ -175,56 +205,81 @@ def submit_job(
     if not 0 <= priority <= 9:
         raise InvalidParameters(f"priority must be between 0 (lowest) and 9 (got {priority})")
     job_id = new_job_id()
+    output_url = output_url or settings.resolved_storage_url
+    writer = _BatchWriter(settings, job_id=job_id, kind=kind, priority=priority, dispatcher=dispatcher)
     with session_scope(url) as session:
         session.add(
             Job(
                 id=job_id,
                 kind=kind.value,
-                status="queued",
+                status=JobStatus.QUEUED.value,
                 priority=priority,
                 params=job_params,
                 source=source,
-                output_url=output_url or settings.resolved_storage_url,
+                source_options=source_options or None,
+                output_url=output_url,
                 total=0,
                 n_queued=0,
                 n_running=0,
                 n_succeeded=0,
                 n_failed=0,
                 n_cancelled=0,
+                n_skipped=0,
                 cancel_requested=False,
             )
         )
-    roots = settings.allowed_input_roots
-    chunk = settings.chunk_size
-    total = dispatched = 0
+        if skip_existing:
+            writer.existing = ExistingOutputs(session, kind=kind, output_url=output_url, job_id=job_id)
+    check = ItemChecker(kind, settings)
+    # Batches hold whole chunks, so that no chunk spans two batches that commit independently.
+    batch_size = max(1, INSERT_BATCH // settings.chunk_size) * settings.chunk_size
     try:
-        for batch in _batches(items, INSERT_BATCH):
-            checked = [check_item(kind, spec, settings, roots) for spec in batch]
-            with session_scope(url) as session:
-                insert_items(session, job_id, total, checked)
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id)
-                    .values(total=Job.total + len(checked), n_queued=Job.n_queued + len(checked))
-                )
-            total += len(checked)
-            while total - dispatched >= chunk:
-                dispatcher.send_chunk(kind, job_id, dispatched, dispatched + chunk, priority)
-                dispatched += chunk
-    except Exception as exc:
-        with session_scope(url) as session:
-            session.execute(delete(Item).where(Item.job_id == job_id))
-            session.execute(delete(Job).where(Job.id == job_id))
+        with ThreadPoolExecutor(WRITERS, thread_name_prefix="ovis-submit") as pool:
+            pending: deque[Future[None]] = deque()
+            first = 0
+            for batch in _batches(items, batch_size):
+                checked = [check(spec) for spec in batch]
+                if len(pending) == WRITERS:
+                    pending.popleft().result()
+                pending.append(pool.submit(writer.write, first, checked))
+                first += len(checked)
+            for future in pending:
+                future.result()
+        if writer.total == 0:
+            raise InvalidSource(f"the source {source or '(given)'} holds no items")
+    except BaseException as exc:
+        _discard(url, job_id)
         if isinstance(exc, IntegrityError):
             raise InvalidSource(
                 f"two items of {source or 'the source'} share one id; item ids must be unique within a job"
             ) from None
         raise
-    if total == 0:
-        with session_scope(url) as session:
-            session.execute(delete(Job).where(Job.id == job_id))
-        raise InvalidParameters(f"the source {source or '(given)'} holds no items")
-    if dispatched < total:
-        dispatcher.send_chunk(kind, job_id, dispatched, total, priority)
-    log.info("submitted job", extra={"job_id": job_id, "kind": kind.value, "items": total})
+    refresh_statistics(url, writer.total)
+    if writer.queued == 0:
+        _finish_without_work(settings, job_id)
+    log.info(
+        "submitted job %s: %d items, %d skipped",
+        job_id,
+        writer.total,
+        writer.skipped,
+        extra={"job_id": job_id, "kind": kind.value, "items": writer.total},
+    )
     return job_id
+
+
+def _discard(url: str, job_id: str) -> None:
+    # Cancel first, in its own transaction: a worker holding an early chunk stops at its next micro-batch.
+    with session_scope(url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    with session_scope(url) as session:
+        session.execute(delete(Item).where(Item.job_id == job_id))
+        session.execute(delete(Job).where(Job.id == job_id))
+
+
+def _finish_without_work(settings: Settings, job_id: str) -> None:
+    # Every item was skipped: no worker will see this job, so it is finalized (and exported) here.
+    from jobs.export import write_results
+
+    with session_scope(settings.resolved_database_url) as session:
+        finalize_job(session, job_id=job_id)
+    write_results(settings, job_id)

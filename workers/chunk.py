@@ -26,6 +26,7 @@ from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateR
 from jobs import errors
 from jobs.db import session_scope
 from jobs.export import write_results
+from jobs.inputs import input_allowed, read_input
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.models import Job
 from jobs.params import item_seed, resolve
@@ -38,6 +39,7 @@ from jobs.state import (
     record_successes,
     release_items,
     renew_lease,
+    start_attempts,
 )
 from workers.images import decode_image, encode_png
 from workers.runtime import WorkerRuntime
@@ -113,6 +115,7 @@ class ChunkRun:
         self.job_params: dict[str, Any] = {}
         self.output_url = ""
         self.open: set[int] = set()  # claimed seqs not yet recorded
+        self.started: set[int] = set()  # claimed seqs whose attempt this run counted
 
     # -- the whole chunk, top to bottom -------------------------------------------------------------------
     def run(self) -> ChunkOutcome:
@@ -123,6 +126,7 @@ class ChunkRun:
                 self._process(items)
             self._finish()
         except _DB_ERRORS as exc:
+            self._release()  # when the database is back already; else the leases expire
             raise errors.DatabaseUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc
         except (errors.Transient, ChunkInterrupted):
             self._release()
@@ -164,19 +168,33 @@ class ChunkRun:
         return items
 
     def _process(self, items: list[ClaimedItem]) -> None:
-        size = self.rt.max_batch(self.kind.value)
-        lookahead = max(2 * size, self.settings.io_threads)
+        # An item whose earlier attempt ended without a result may be what killed that worker: such items run
+        # last, one at a time, each recorded before the next starts, so that only an item that kills its
+        # worker uses up attempts and its neighbours are not quarantined with it.
+        fresh = [item for item in items if item.attempts == 0]
+        suspects = [item for item in items if item.attempts > 0]
+        if fresh and not self._run_items(fresh, self.rt.max_batch(self.kind.value), isolated=False):
+            return
+        if suspects:
+            log.info(
+                "%d items of job %s were tried before without a result; running them one at a time",
+                len(suspects),
+                self.job_id,
+                extra={"job_id": self.job_id},
+            )
+            self._run_items(suspects, 1, isolated=True)
+
+    def _run_items(self, items: list[ClaimedItem], size: int, *, isolated: bool) -> bool:
+        """Run items in micro-batches of `size`; False if the job was cancelled on the way.
+
+        Inputs are fetched ahead of the model unless `isolated`, which also records each micro-batch before
+        the next one starts.
+        """
+        lookahead = 0 if isolated else max(2 * size, self.settings.io_threads)
         fetches: dict[int, Future[_Work]] = {}
         waiting: _Pending | None = None
         position = submitted = 0
-
-        def fetch_until(limit: int) -> None:
-            nonlocal submitted
-            for item in items[submitted:limit]:
-                fetches[item.seq] = self.rt.io_pool.submit(self._prepare, item)
-            submitted = max(submitted, min(limit, len(items)))
-
-        fetch_until(lookahead)
+        cancelled = False
         while position < len(items):
             if self.rt.stopping.is_set():
                 log.info(
@@ -188,11 +206,15 @@ class ChunkRun:
                 if waiting is not None:
                     self._record(waiting)
                 raise ChunkInterrupted(self.job_id)
-            if self._checkpoint():
-                break
             batch_items = items[position : position + size]
             position += len(batch_items)
-            fetch_until(position + lookahead)
+            ahead = items[submitted : position + lookahead]
+            if self._checkpoint(ahead):
+                cancelled = True
+                break
+            for item in ahead:
+                fetches[item.seq] = self.rt.io_pool.submit(self._prepare, item)
+            submitted += len(ahead)
             works = [fetches.pop(item.seq).result() for item in batch_items]
             pending = _Pending(failures={w.item.seq: w.error for w in works if w.error})
             runnable = [w for w in works if w.request is not None]
@@ -201,10 +223,14 @@ class ChunkRun:
             if waiting is not None:
                 self._record(waiting)
             waiting = pending
+            if isolated:
+                self._record(waiting)
+                waiting = None
         for future in fetches.values():
             future.cancel()
         if waiting is not None:
             self._record(waiting)
+        return not cancelled
 
     def _finish(self) -> None:
         with session_scope(self.db) as session:
@@ -227,14 +253,22 @@ class ChunkRun:
             return
         try:
             with session_scope(self.db) as session:
-                release_items(session, job_id=self.job_id, seqs=sorted(self.open), worker=self.rt.name)
+                release_items(
+                    session,
+                    job_id=self.job_id,
+                    seqs=sorted(self.open),
+                    worker=self.rt.name,
+                    uncount=self.started,
+                )
         except _DB_ERRORS:
             log.warning(
                 "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
             )
 
-    def _checkpoint(self) -> bool:
-        """Before a micro-batch: extend the lease of the items still open; True if the job was cancelled."""
+    def _checkpoint(self, starting: Sequence[ClaimedItem]) -> bool:
+        """Before a micro-batch: extend the lease of the items still open and count an attempt for those about
+        to be fetched; True if the job was cancelled."""
+        seqs = [item.seq for item in starting]
         with session_scope(self.db) as session:
             renew_lease(
                 session,
@@ -243,7 +277,10 @@ class ChunkRun:
                 worker=self.rt.name,
                 lease_seconds=self.settings.lease_seconds,
             )
-            return self._cancel_requested(session)
+            start_attempts(session, job_id=self.job_id, seqs=seqs, worker=self.rt.name)
+            cancelled = self._cancel_requested(session)
+        self.started.update(seqs)
+        return cancelled
 
     def _cancel_requested(self, session: Session) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
@@ -260,10 +297,11 @@ class ChunkRun:
             return _Work(item, error=(exc.error_code, str(exc)))
 
     def _load_image(self, url: str) -> Image.Image:
-        if not storage.is_within(url, self.settings.allowed_input_roots):
+        # jobs.inputs reads plain objects and WebDataset tar members (`shard.tar#member@offset+size`).
+        if not input_allowed(url, self.settings.allowed_input_roots):
             raise errors.InputNotAllowed(f"{url} is outside the allowed input roots")
         try:
-            data = storage.read_url(url, self.settings.s3_options())
+            data = read_input(url, self.settings.s3_options())
         except storage.ObjectNotFound:
             raise errors.InputMissing(f"{url} does not exist") from None
         except storage.StorageUnavailable as exc:

@@ -82,7 +82,11 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
     except (ImageTooLarge, UnsupportedImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"refused as a decompression bomb: {exc}") from None
+        # Pillow's own guard fires first for the largest sizes; name the limit the operator controls.
+        raise ImageTooLarge(
+            f"refused as a decompression bomb ({exc}); the limit is {max_pixels} pixels "
+            "(OVIS_BATCH_MAX_IMAGE_PIXELS)"
+        ) from None
     except UnidentifiedImageError:
         raise InvalidImage("not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 
+from jobs.dispatch import CeleryDispatcher
 from jobs.reconcile import reconcile
 from jobs.settings import Settings
 
@@ -14,9 +15,10 @@ log = logging.getLogger(__name__)
 
 def _loop(settings: Settings, stop: threading.Event) -> None:
     # Jitter spreads the passes of many workers; a pass is idempotent, so overlaps are harmless.
+    dispatcher = CeleryDispatcher(settings)  # one broker connection pool for the thread's whole life
     while not stop.wait(settings.reconcile_interval_s * random.uniform(0.75, 1.25)):
         try:
-            report = reconcile(settings)
+            report = reconcile(settings, dispatcher)
             if report.expired or report.redispatched or report.finalized:
                 log.info(
                     "reconciler: %d leases expired, %d items re-dispatched, %d jobs finalized",

@@ -33,6 +33,7 @@ class WorkerRuntime:
                 max_batch=settings.max_batch_overrides(),
                 simulated_ms_per_item=settings.fake_ms_per_item,
                 simulated_ms_per_batch=settings.fake_ms_per_batch,
+                simulated_crash_marker=settings.fake_crash_marker,
             ),
         )
         self._info: BackendInfo | None = None

@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 from celery import Task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from jobs.broker import TASK_NAMES
 from jobs.errors import Transient
@@ -42,8 +43,14 @@ class ChunkTask(Task):
         """Run the chunk; transient faults send it back with backoff."""
 
         def progress(done: int, claimed: int) -> None:
-            # Flower shows the fields of task events: progress while a long chunk runs.
-            self.send_event("task-progress", job_id=job_id, done=done, claimed=claimed, items=stop - start)
+            # Flower shows the fields of task events: progress while a long chunk runs. Only monitoring: a
+            # broker that is away must not fail a chunk whose results are already recorded.
+            try:
+                self.send_event(
+                    "task-progress", job_id=job_id, done=done, claimed=claimed, items=stop - start
+                )
+            except KombuOperationalError:
+                log.debug("progress event of job %s not sent: the broker is unavailable", job_id)
 
         try:
             outcome = run_chunk(WorkerRuntime.current(), self.kind, job_id, int(start), int(stop), progress)

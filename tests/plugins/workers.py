@@ -78,14 +78,41 @@ class WorkerProcess:
 @pytest.fixture
 def stack(redis_url: str, pg_database: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> Stack:
     """Settings for one test: its own PostgreSQL database, Redis, and an S3 bucket on moto_server."""
+    return make_stack(
+        database_url=pg_database,
+        broker_url=redis_url,
+        s3_endpoint=s3_endpoint,
+        bucket=s3_bucket,
+        home=tmp_path,
+    )
+
+
+@pytest.fixture
+def stack_on(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> Callable[..., Stack]:
+    """Make a stack on the database and broker given (throwaway servers, say) and the test's S3 bucket."""
+
+    def make(*, database_url: str, broker_url: str) -> Stack:
+        return make_stack(
+            database_url=database_url,
+            broker_url=broker_url,
+            s3_endpoint=s3_endpoint,
+            bucket=s3_bucket,
+            home=tmp_path,
+        )
+
+    return make
+
+
+def make_stack(*, database_url: str, broker_url: str, s3_endpoint: str, bucket: str, home: Path) -> Stack:
+    """A stack on the given services (a throwaway Redis or PostgreSQL, say), its schema migrated."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVIS_BATCH_")}
     env.update(
         {
-            "OVIS_BATCH_HOME": str(tmp_path / "home"),
-            "OVIS_BATCH_DATABASE_URL": pg_database,
-            "OVIS_BATCH_BROKER_URL": redis_url,
-            "OVIS_BATCH_STORAGE_URL": f"s3://{s3_bucket}/outputs",
-            "OVIS_BATCH_INPUT_ROOTS": f"s3://{s3_bucket}/inputs,{tmp_path}",
+            "OVIS_BATCH_HOME": str(home / "home"),
+            "OVIS_BATCH_DATABASE_URL": database_url,
+            "OVIS_BATCH_BROKER_URL": broker_url,
+            "OVIS_BATCH_STORAGE_URL": f"s3://{bucket}/outputs",
+            "OVIS_BATCH_INPUT_ROOTS": f"s3://{bucket}/inputs,{home}",
             "OVIS_BATCH_S3_ENDPOINT_URL": s3_endpoint,
             "OVIS_BATCH_S3_REGION": "us-east-1",
             "OVIS_BATCH_S3_ADDRESSING_STYLE": "path",
@@ -106,20 +133,30 @@ def stack(redis_url: str, pg_database: str, s3_endpoint: str, s3_bucket: str, tm
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return Stack(env=env, bucket=s3_bucket, home=tmp_path)
+    return Stack(env=env, bucket=bucket, home=home)
 
 
 @pytest.fixture
-def start_worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(stack: Stack, spawn_worker: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
     """Start worker processes on the stack; every one still running is killed at the end."""
-    started: list[WorkerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+        return spawn_worker(*args, env=env or stack.env, wait=wait)
+
+    return start
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes with the environment given; every one still running is killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str], wait: bool = True) -> WorkerProcess:
         log = tmp_path / f"worker{len(started)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [str(BIN / "ovis-batch"), "worker", *args],
-                env=env or stack.env,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

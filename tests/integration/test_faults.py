@@ -1,0 +1,452 @@
+"""Faults with real worker processes and real services.
+
+Every scenario runs a generate job (each item writes one S3 object under its deterministic key) through a
+fault and ends with every item final, none lost, and exactly one object per completed item plus the job's
+results.jsonl. Each prints one line (see it with ``pytest -s``) and asserts what it says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from tests.plugins.services import ThrowawayPostgres, ThrowawayRedis, free_port
+from tests.plugins.workers import Stack, WorkerProcess, wait_for
+from tests.tcp_proxy import TcpProxy
+from workers.chunk import output_key
+
+pytestmark = pytest.mark.integration
+
+CRASH_MARKER = "__crash_worker__"
+#: Short leases and a reconciler pass every second, so that recovery takes seconds, not minutes.
+FAST = {
+    "OVIS_BATCH_LEASE_SECONDS": "3",
+    "OVIS_BATCH_RECONCILE_INTERVAL_S": "1",
+    "OVIS_BATCH_FAKE_MS_PER_ITEM": "100",
+    "OVIS_BATCH_GENERATE_BATCH": "2",
+    "OVIS_BATCH_CHUNK_SIZE": "4",
+}
+FINAL_ITEM_STATES = ("succeeded", "failed", "cancelled")
+
+
+class Records:
+    """The job's and items' rows, read straight from the database; None while the database is down."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+
+    def rows(self, sql: str, **params: object) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(text(sql), params)]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return self.rows("SELECT * FROM jobs WHERE id = :j", j=job_id)[0]
+        except SQLAlchemyError:
+            return None
+
+    def items(self, job_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM items WHERE job_id = :j ORDER BY seq", j=job_id)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@dataclass
+class Outcome:
+    """What one scenario ended with."""
+
+    scenario: str
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    lost: int
+    duplicates: int
+    rerun: int
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"FAULT {self.scenario}: submitted={self.submitted} completed={self.completed} "
+            f"failed={self.failed} cancelled={self.cancelled} lost={self.lost} duplicates={self.duplicates} "
+            f"re-run={self.rerun} wall={self.seconds:.1f}s"
+        )
+
+
+@pytest.fixture
+def records(stack: Stack) -> Iterator[Records]:
+    """Rows of the default stack's database."""
+    db = Records(stack.env["OVIS_BATCH_DATABASE_URL"])
+    yield db
+    db.close()
+
+
+def _env(stack: Stack, **overrides: str) -> dict[str, str]:
+    return {**stack.env, **FAST, **overrides}
+
+
+def _prompts(stack: Stack, name: str, count: int, crash_at: int | None = None) -> str:
+    lines = [f"{name} prompt {i}" + (f" {CRASH_MARKER}" if i == crash_at else "") for i in range(count)]
+    path = stack.home / f"{name}.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def _submit(stack: Stack, env: dict[str, str], source: str) -> str:
+    result = Stack(env=env, bucket=stack.bucket, home=stack.home).cli("submit", "generate", "--input", source)
+    return result.stdout.split()[-1]
+
+
+def _wait(
+    db: Records, job_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = db.job(job_id)
+        if job is not None and predicate(job):
+            return
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s (job: {job})"
+        time.sleep(0.25)
+
+
+def _wait_final(db: Records, job_id: str, timeout: float) -> dict[str, Any]:
+    _wait(db, job_id, lambda job: job["status"] not in ("queued", "running"), timeout, "the job did not end")
+    job = db.job(job_id)
+    assert job is not None
+    return job
+
+
+def _s3(stack: Stack) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.env["OVIS_BATCH_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _s3_keys(stack: Stack, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in _s3(stack).get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=prefix):
+        keys.extend(entry["Key"] for entry in page.get("Contents", []))
+    return keys
+
+
+def _audit(stack: Stack, db: Records, job_id: str, scenario: str, started: float) -> Outcome:
+    """Check an ended job: every item final, each completed one with its one object; print the line."""
+    job = _wait_final(db, job_id, 5)
+    items = db.items(job_id)
+    keys = set(_s3_keys(stack, f"outputs/{job_id}/"))
+    expected = {
+        f"outputs/{output_key(job_id, i['key'], 'png')}": i for i in items if i["status"] == "succeeded"
+    }
+    not_final = [i for i in items if i["status"] not in FINAL_ITEM_STATES]
+    missing = [key for key in expected if key not in keys]
+    wrong_url = [i for key, i in expected.items() if i["output"] != f"s3://{stack.bucket}/{key}"]
+    extra = keys - set(expected) - {f"outputs/{job_id}/results.jsonl"}
+    counts = {state: sum(i["status"] == state for i in items) for state in FINAL_ITEM_STATES}
+    outcome = Outcome(
+        scenario=scenario,
+        submitted=job["total"],
+        completed=counts["succeeded"],
+        failed=counts["failed"],
+        cancelled=counts["cancelled"],
+        lost=len(not_final) + len(missing) + len(wrong_url),
+        duplicates=len(extra),
+        rerun=sum(i["attempts"] > 1 for i in items),
+        seconds=time.monotonic() - started,
+    )
+    print(outcome.line())
+    assert len(items) == job["total"]
+    assert (outcome.lost, outcome.duplicates) == (0, 0), (not_final, missing, wrong_url, sorted(extra))
+    # The counters on the job row agree with the items.
+    assert (job["n_succeeded"], job["n_failed"], job["n_cancelled"]) == tuple(counts.values())
+    assert (job["n_queued"], job["n_running"]) == (0, 0)
+    if f"outputs/{job_id}/results.jsonl" in keys or job["status"] != "cancelled":
+        results = _results(stack, job_id)
+        assert sorted(r["id"] for r in results) == sorted(i["key"] for i in items)
+    return outcome
+
+
+def _results(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    body = _s3(stack).get_object(Bucket=stack.bucket, Key=f"outputs/{job_id}/results.jsonl")["Body"].read()
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+def _job_under_way(
+    stack: Stack, db: Records, start: Callable[..., WorkerProcess], env: dict[str, str], name: str, count: int
+) -> tuple[WorkerProcess, str]:
+    """A worker started and a generate job of `count` items submitted; returns once items have completed."""
+    worker = start("--gpus", "none", "--node", f"{name}0@%h", env=env)
+    job_id = _submit(stack, env, _prompts(stack, name, count))
+    _wait(db, job_id, lambda job: job["n_succeeded"] >= 4, 60, "no progress before the fault")
+    return worker, job_id
+
+
+def _worker_name(worker: WorkerProcess) -> str:
+    # `ovis-batch worker --gpus none` runs the solo pool in its own process: that pid records the items.
+    return f"{socket.gethostname()}:{worker.process.pid}"
+
+
+def _kill(worker: WorkerProcess) -> None:
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    worker.process.wait(10)
+
+
+# -- the scenarios -------------------------------------------------------------------------------------------
+def test_sigkill_mid_chunk_several_times(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    started = time.monotonic()
+    # Chunks of 8 in micro-batches of 2: a chunk is mid-way for several batches, long enough to hit it there.
+    env = _env(stack, OVIS_BATCH_CHUNK_SIZE="8")
+    job_id = _submit(stack, env, _prompts(stack, "kill", 48))
+    worker = start_worker("--gpus", "none", "--node", "k0@%h", env=env)
+    mid_chunk = """
+        SELECT count(*) AS n FROM items r JOIN items s ON s.job_id = r.job_id AND s.seq / 8 = r.seq / 8
+        WHERE r.job_id = :j AND r.status = 'running' AND r.worker = :w
+          AND s.status = 'succeeded' AND s.worker = :w
+    """
+    for kill in range(1, 4):
+        name = _worker_name(worker)
+        deadline = time.monotonic() + 40
+        while not records.rows(mid_chunk, j=job_id, w=name)[0]["n"]:
+            assert time.monotonic() < deadline, f"worker {kill} never got mid-chunk: {records.job(job_id)}"
+            time.sleep(0.05)
+        _kill(worker)
+        worker = start_worker("--gpus", "none", "--node", f"k{kill}@%h", env=env)
+    _wait_final(records, job_id, 90)
+    outcome = _audit(stack, records, job_id, "SIGKILL mid-chunk x3", started)
+    assert (outcome.completed, outcome.failed) == (48, 0)
+    assert outcome.rerun > 0, "no item was run again: the kills did not hit a chunk mid-way"
+
+
+def test_item_that_kills_its_worker_is_poisoned(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    started = time.monotonic()
+    env = _env(stack, OVIS_BATCH_FAKE_CRASH_MARKER=CRASH_MARKER)
+    # Item 5 shares its micro-batch with item 4 and its chunk with items 4-7.
+    job_id = _submit(stack, env, _prompts(stack, "poison", 12, crash_at=5))
+    worker = start_worker("--gpus", "none", "--node", "p0@%h", env=env)
+    crashes = 0
+    deadline = time.monotonic() + 120
+    while (records.job(job_id) or {"status": "running"})["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"the job did not end: {records.job(job_id)}"
+        if worker.process.poll() is not None:
+            assert worker.process.returncode == -signal.SIGKILL, worker.text()[-3000:]
+            crashes += 1
+            worker = start_worker("--gpus", "none", "--node", f"p{crashes}@%h", env=env)
+        time.sleep(0.2)
+    outcome = _audit(stack, records, job_id, "item kills its worker (poison)", started)
+    items = records.items(job_id)
+    poisoned = [(i["seq"], i["error_code"], i["attempts"]) for i in items if i["status"] == "failed"]
+    assert poisoned == [(5, "poisoned", 3)]
+    assert "gave up after 3 attempts" in items[5]["error_message"]
+    assert crashes == 3
+    assert (outcome.completed, outcome.failed) == (11, 1)
+    assert records.job(job_id)["status"] == "partial"  # type: ignore[index]
+    assert worker.process.poll() is None, "the worker after the quarantine is alive"
+
+
+@pytest.mark.parametrize("reconciler", ["periodic", "cli"])
+def test_redis_restarted_without_persistence(
+    reconciler: str,
+    throwaway_redis: tuple[str, ThrowawayRedis],
+    pg_database: str,
+    stack_on: Callable[..., Stack],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    import redis
+
+    broker_url, server = throwaway_redis
+    stack = stack_on(database_url=pg_database, broker_url=broker_url)
+    db = Records(pg_database)
+    started = time.monotonic()
+    # "cli": no reconciler in the worker; an operator runs `ovis-batch reconcile` after the restart.
+    env = _env(stack, OVIS_BATCH_RECONCILE_INTERVAL_S="1" if reconciler == "periodic" else "0")
+    worker, job_id = _job_under_way(stack, db, spawn_worker, env, "redis", 40)
+
+    def waiting_messages() -> int:
+        client = redis.Redis.from_url(broker_url)
+        try:
+            queues = [
+                k for k in client.scan_iter(f"{env['OVIS_BATCH_QUEUE']}.*") if client.type(k) == b"list"
+            ]
+            return sum(int(client.llen(k)) for k in queues)
+        finally:
+            client.close()
+
+    waiting = waiting_messages()
+    assert waiting > 0, "the job should still have chunks waiting in Redis"
+    server.kill()  # no persistence: every message Redis held is gone
+    time.sleep(1.0)
+    server.start()
+    job = db.job(job_id)
+    assert job is not None and job["n_queued"] > 0, "queued work that only SQL knows about"
+    if reconciler == "periodic":
+        _wait_final(db, job_id, 90)
+        lines = [line for line in worker.text().splitlines() if "re-dispatched" in line and job_id in line]
+        said = lines[0].split(": ")[-1]
+    else:
+        time.sleep(3.0)
+        assert db.job(job_id)["n_queued"] > 0, "nothing should have re-sent the lost work"  # type: ignore[index]
+        said = " ".join(Stack(env=env, bucket=stack.bucket, home=stack.home).cli("reconcile").stdout.split())
+        assert "items re-dispatched: 0" not in said, said
+        _wait_final(db, job_id, 90)
+    outcome = _audit(stack, db, job_id, f"Redis restart (no persistence), {reconciler} reconciler", started)
+    print(f"  {waiting} chunk messages were lost with Redis; the reconciler: {said}")
+    assert (outcome.completed, outcome.failed) == (40, 0)
+    assert outcome.rerun == 0, "the chunk running through the outage should have finished its items"
+    db.close()
+
+
+def test_postgres_restarted_while_recording(
+    throwaway_postgres: tuple[str, ThrowawayPostgres],
+    redis_url: str,
+    stack_on: Callable[..., Stack],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    database_url, server = throwaway_postgres
+    stack = stack_on(database_url=database_url, broker_url=redis_url)
+    db = Records(database_url)
+    started = time.monotonic()
+    env = _env(stack)
+    worker, job_id = _job_under_way(stack, db, spawn_worker, env, "pg", 40)
+    server.kill()  # an immediate shutdown: PostgreSQL's crash, WAL recovery at the next start
+    time.sleep(2.0)
+    server.start()
+    _wait_final(db, job_id, 90)
+    outcome = _audit(stack, db, job_id, "PostgreSQL restart", started)
+    assert (outcome.completed, outcome.failed) == (40, 0)
+    assert "database_unavailable" in worker.text(), "the worker never saw the database go away"
+    assert worker.process.poll() is None
+    db.close()
+
+
+@pytest.fixture
+def s3_proxy(s3_endpoint: str, tmp_path: Path) -> Iterator[TcpProxy]:
+    """A forwarder in front of the session's moto_server: killing it takes the endpoint down, state kept."""
+    port = urlsplit(s3_endpoint).port
+    assert port is not None
+    proxy = TcpProxy(free_port(), port, tmp_path / "proxy.log")
+    proxy.start()
+    yield proxy
+    proxy.kill()
+
+
+def test_s3_endpoint_down_for_a_while(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess], s3_proxy: TcpProxy
+) -> None:
+    started = time.monotonic()
+    env = _env(stack, OVIS_BATCH_S3_ENDPOINT_URL=s3_proxy.url)
+    worker, job_id = _job_under_way(stack, records, start_worker, env, "s3", 40)
+    s3_proxy.kill()
+    time.sleep(2.0)  # what was in flight settles
+    stalled = records.job(job_id)["n_succeeded"]  # type: ignore[index]
+    time.sleep(8.0)
+    assert records.job(job_id)["n_succeeded"] == stalled, "outputs were recorded while S3 was down"  # type: ignore[index]
+    s3_proxy.start()
+    _wait_final(records, job_id, 120)
+    outcome = _audit(stack, records, job_id, "S3 endpoint down ~10s", started)
+    assert (outcome.completed, outcome.failed) == (40, 0)
+    assert outcome.rerun == 0, "a retry after a transient fault must not count as an attempt of the items"
+    assert "storage_unavailable" in worker.text(), "the chunk was never retried"
+    assert worker.process.poll() is None
+
+
+def test_worker_killed_while_its_chunks_wait_for_a_retry(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess], s3_proxy: TcpProxy
+) -> None:
+    # A retried chunk waits for its countdown in the worker that took it, unacknowledged: when that worker
+    # dies, Redis gives the message back only after the visibility timeout (hours). SQL knows better.
+    started = time.monotonic()
+    env = _env(stack, OVIS_BATCH_S3_ENDPOINT_URL=s3_proxy.url)
+    s3_proxy.kill()
+    worker = start_worker("--gpus", "none", "--node", "e0@%h", env=env)
+    job_id = _submit(stack, env, _prompts(stack, "eta", 8))
+    wait_for(lambda: worker.text().count("hit storage_unavailable") >= 2, 60, "the chunks were not retried")
+    _wait(records, job_id, lambda job: job["n_queued"] == 8, 30, "the chunks did not hand their items back")
+    _kill(worker)
+    s3_proxy.start()
+    start_worker("--gpus", "none", "--node", "e1@%h", env=env)
+    _wait_final(records, job_id, 60)
+    outcome = _audit(stack, records, job_id, "worker killed holding retries", started)
+    assert (outcome.completed, outcome.failed) == (8, 0)
+
+
+def test_transient_retries_back_off_exponentially_with_full_jitter() -> None:
+    from workers.tasks import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff
+
+    for retries in range(10):
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries)
+        delays = [backoff(retries) for _ in range(400)]
+        assert all(0 <= delay <= ceiling for delay in delays)
+        # Spread over the whole window, so that workers retrying together do not stampede again.
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling
+
+
+def test_sigterm_mid_chunk_hands_work_back(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # As in test_deployment.py's graceful-stop test, with the output audit of this module.
+    started = time.monotonic()
+    env = _env(stack, OVIS_BATCH_CHUNK_SIZE="8")
+    first, job_id = _job_under_way(stack, records, start_worker, env, "term", 32)
+    second = start_worker("--gpus", "none", "--node", "t1@%h", env=env)
+    stopping = time.monotonic()
+    assert first.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - stopping < 20, "graceful stop waited for the whole chunk"
+    _wait_final(records, job_id, 90)
+    outcome = _audit(stack, records, job_id, "SIGTERM mid-chunk", started)
+    assert (outcome.completed, outcome.failed) == (32, 0)
+    assert second.process.poll() is None
+
+
+def test_cancel_stops_at_the_next_micro_batch(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    started = time.monotonic()
+    env = _env(stack, OVIS_BATCH_CHUNK_SIZE="8", OVIS_BATCH_FAKE_MS_PER_ITEM="150")
+    worker, job_id = _job_under_way(stack, records, start_worker, env, "cancel", 40)
+    cancelling = time.monotonic()
+    stack.cli("cancel", job_id)
+    _wait(records, job_id, lambda job: job["status"] == "cancelled", 10, "the cancel did not end the job")
+    took = time.monotonic() - cancelling
+    outcome = _audit(stack, records, job_id, "cancel mid-job", started)
+    assert outcome.cancelled > 0 and outcome.completed + outcome.cancelled == 40
+    items = records.items(job_id)
+    assert {i["status"] for i in items} == {"succeeded", "cancelled"}
+    # Queued items end cancelled when the cancel lands; after that only the micro-batch then on the model
+    # and the one waiting for its record may still finish (2 x 2 items).
+    landed = min(i["finished_at"] for i in items if i["status"] == "cancelled")
+    after = sum(i["status"] == "succeeded" and i["finished_at"] > landed for i in items)
+    assert after <= 4, f"{after} items finished after the cancel landed"
+    report = json.loads(stack.cli("status", job_id, "--json").stdout)
+    counters = ("status", "succeeded", "cancelled", "queued", "running")
+    assert tuple(report[name] for name in counters) == (
+        "cancelled",
+        outcome.completed,
+        outcome.cancelled,
+        0,
+        0,
+    )
+    print(
+        f"  the job was cancelled {took:.1f}s after `ovis-batch cancel` started; {after} items finished after"
+    )
+    assert worker.process.poll() is None

@@ -1,0 +1,125 @@
+"""Streaming submission on SQLite: chunks as batches commit, a bad item discards the job, --skip-existing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import jobs.submit as submit_module
+from jobs.api import Client
+from jobs.db import session_scope
+from jobs.errors import InputNotAllowed, InvalidSource
+from jobs.lifecycle import JobKind
+from jobs.models import Item, Job
+from jobs.submit import ItemSpec, chunk_ranges
+from tests.helpers import embedded_settings, write_photos
+
+
+class RecordingDispatcher:
+    """Keeps the chunks it is asked to send."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, int, int]] = []
+
+    def send_chunk(self, kind: JobKind, job_id: str, start: int, stop: int, priority: int) -> None:
+        self.chunks.append((job_id, start, stop))
+
+
+def _manifest(path: Path, count: int, bad_at: int | None = None) -> Path:
+    with path.open("w") as out:
+        for index in range(count):
+            image = "/etc/passwd" if index == bad_at else f"img/{index}.jpg"
+            out.write(json.dumps({"id": f"i{index:05d}", "image": image}) + "\n")
+    return path
+
+
+def test_chunks_are_sent_per_committed_batch_and_cover_every_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit_module, "INSERT_BATCH", 100)
+    settings = embedded_settings(tmp_path, chunk_size=8)
+    dispatcher = RecordingDispatcher()
+    client = Client(settings, dispatcher)
+    job_id = client.submit(JobKind.CAPTION, str(_manifest(tmp_path / "m.jsonl", 1001)))
+    report = client.status(job_id)
+    assert (report.total, report.queued, report.status) == (1001, 1001, "queued")
+    ranges = sorted((start, stop) for _, start, stop in dispatcher.chunks)
+    # Batches hold whole chunks (96 = 12 x 8 items): no chunk spans two batches.
+    assert all(stop - start <= 8 for start, stop in ranges)
+    assert [seq for start, stop in ranges for seq in range(start, stop)] == list(range(1001))
+    with session_scope(settings.resolved_database_url) as session:
+        keys = list(session.scalars(select(Item.key).where(Item.job_id == job_id).order_by(Item.seq)))
+    assert keys == [f"i{index:05d}" for index in range(1001)]
+
+
+def test_a_bad_item_anywhere_discards_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submit_module, "INSERT_BATCH", 50)
+    settings = embedded_settings(tmp_path, chunk_size=4)
+    client = Client(settings, RecordingDispatcher())
+    with pytest.raises(InputNotAllowed, match="'i00777'"):
+        client.submit(JobKind.CAPTION, str(_manifest(tmp_path / "m.jsonl", 1000, bad_at=777)))
+    duplicate = tmp_path / "dup.jsonl"
+    duplicate.write_text('{"id": "a", "image": "x.jpg"}\n{"id": "a", "image": "y.jpg"}\n')
+    with pytest.raises(InvalidSource, match="share one id"):
+        client.submit(JobKind.CAPTION, str(duplicate))
+    with session_scope(settings.resolved_database_url) as session:
+        assert session.scalar(select(Job.id)) is None
+        assert session.scalar(select(Item.key)) is None
+
+
+def test_skip_existing_keeps_outputs_of_earlier_jobs(tmp_path: Path) -> None:
+    from workers.embedded import EmbeddedRunner
+
+    settings = embedded_settings(tmp_path, chunk_size=2)
+    write_photos(tmp_path / "in", count=3)
+    first = EmbeddedRunner(settings).run(JobKind.CAPTION, str(tmp_path / "in"))
+    assert first.succeeded == 3
+    write_photos(tmp_path / "in", count=5)  # two new photos beside the three captioned ones
+
+    dispatcher = RecordingDispatcher()
+    client = Client(settings, dispatcher)
+    job_id = client.submit(JobKind.CAPTION, str(tmp_path / "in"), skip_existing=True)
+    report = client.status(job_id)
+    assert (report.total, report.skipped, report.succeeded, report.queued) == (5, 3, 3, 2)
+    assert sorted((start, stop) for _, start, stop in dispatcher.chunks) == [(3, 5)]
+    with session_scope(settings.resolved_database_url) as session:
+        earlier = dict(session.execute(select(Item.key, Item.output).where(Item.job_id == first.id)).all())
+        kept = dict(
+            session.execute(
+                select(Item.key, Item.output).where(Item.job_id == job_id, Item.status == "succeeded")
+            ).all()
+        )
+    assert kept == earlier
+
+    again = client.submit(JobKind.CAPTION, str(tmp_path / "in"))
+    assert (client.status(again).skipped, client.status(again).queued) == (0, 5)
+
+
+def test_a_job_whose_every_output_exists_ends_at_once(tmp_path: Path) -> None:
+    from workers.embedded import EmbeddedRunner
+
+    settings = embedded_settings(tmp_path)
+    write_photos(tmp_path / "in", count=2)
+    EmbeddedRunner(settings).run(JobKind.CAPTION, str(tmp_path / "in"))
+    dispatcher = RecordingDispatcher()
+    client = Client(settings, dispatcher)
+    job_id = client.submit(JobKind.CAPTION, str(tmp_path / "in"), skip_existing=True)
+    report = client.status(job_id)
+    assert (report.status, report.skipped, dispatcher.chunks) == ("succeeded", 2, [])
+    assert report.export_url and Path(report.export_url).exists()
+
+
+def test_items_given_directly_and_chunk_ranges(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, chunk_size=3)
+    client = Client(settings, RecordingDispatcher())
+    job_id = client.submit_items(
+        JobKind.GENERATE, [ItemSpec(key=f"p{i}", text=f" prompt {i} ") for i in range(4)]
+    )
+    with session_scope(settings.resolved_database_url) as session:
+        texts = list(session.scalars(select(Item.text).where(Item.job_id == job_id).order_by(Item.seq)))
+    assert texts == [f"prompt {i}" for i in range(4)]
+    assert chunk_ranges([0, 1, 2, 5, 9, 10], 2) == [(0, 2), (2, 6), (9, 11)]
+    assert chunk_ranges([], 4) == []

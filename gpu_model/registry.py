@@ -11,6 +11,7 @@ BACKENDS: dict[str, str] = {
     "fake": "gpu_model.fake:FakeBackend",
     "tiny": "gpu_model.tiny:TinyBackend",
     "ovis-u1": "gpu_model.ovis_u1:OvisU1Backend",
+    "ovis-u1-shaped": "gpu_model.shaped:ShapedBackend",
 }
 
 

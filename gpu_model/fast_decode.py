@@ -1,0 +1,452 @@
+"""Greedy batched decoding for Hugging Face causal LMs: a static KV cache and one CUDA graph per decode step.
+
+Stock `generate` spends 60-90 ms of host time per decode step on a 1.7B model whatever the batch, so large
+batches barely help. Here the prompt (as `inputs_embeds`, so multimodal models work) is prefilled once into a
+preallocated `StaticCache`; each later step (model forward, argmax, EOS and per-row limits, state advance) is
+captured once as a CUDA graph and replayed, with no host sync inside the loop but a check every
+`check_every` steps for an early stop. On the CPU the same step runs eagerly, which is what the unit tests
+compare against `generate`.
+
+Works on any causal LM whose forward takes `inputs_embeds`, `attention_mask`, `position_ids`,
+`cache_position` and a `StaticCache` (Llama, Qwen2/3 and their relatives in transformers 4.4x/4.5x). Decode
+steps attend with a grouped-query kernel that reads each KV head once (fused SDPA or two batched matrix
+products: at capture both are timed and the faster graph kept), registered as an attention implementation for
+the duration of a call; prompts keep the model's own SDPA path. Replayed steps are bound by kernel count at
+small batches: `fuse_norms` compiles the model's RMSNorms (4 a layer) into one kernel each.
+
+Measured on an H200 (Qwen3-1.7B shape, bf16, 448-slot cache): 3.7 ms a step at batch 1 and 13.3 ms at
+batch 512, against 60-90 ms with `generate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the names under which the decode attentions are registered with transformers.
+ATTENTION_NAME = "ovis_fast_decode"
+#: Cache lengths are rounded up to this many positions, so nearby prompt lengths share a cache and graph.
+LENGTH_BUCKET = 64
+#: Most end-of-sequence ids a call may name (the graph reads them from a fixed buffer).
+MAX_EOS_IDS = 8
+#: Graph replays timed per decode-attention variant when the decoder picks one ("auto").
+TIMED_REPLAYS = 6
+#: RMSNorm classes computing weight * normalised(x) in float32, as Llama's: fused by `fuse_norms`.
+LLAMA_STYLE_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"})
+
+
+def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = hidden.dtype
+    x = hidden.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def tolerate_compile_failures(recompile_limit: int = 64) -> None:
+    """Let compiled regions fall back to eager on a compile error (logged) instead of failing the work, and
+    leave room for one graph per input rank and 0/1-specialised size (the default limit is 8)."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for limit in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, max(recompile_limit, getattr(torch._dynamo.config, limit)))
+
+
+def fuse_norms(model: torch.nn.Module) -> int:
+    """Run the model's Llama-style RMSNorms as one compiled kernel each instead of ~7 small ones.
+
+    A decode step of a 28-layer model launches ~1,600 kernels, 4 RMSNorms a layer among them; replayed from
+    a CUDA graph, their count, not their work, sets the step's floor at small batches. Returns how many
+    norms were rerouted (their weights stay the module's own)."""
+    tolerate_compile_failures()
+    compiled = torch.compile(_rms_norm, dynamic=True)
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in LLAMA_STYLE_NORMS and hasattr(module, "variance_epsilon"):
+            norm: Any = module
+            weight, eps = norm.weight, float(norm.variance_epsilon)
+
+            def forward(
+                hidden: torch.Tensor, _weight: torch.Tensor = weight, _eps: float = eps
+            ) -> torch.Tensor:
+                return compiled(hidden, _weight, _eps)
+
+            module.forward = forward
+            count += 1
+    return count
+
+
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+
+
+def _grouped_sdpa(
+    grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """One fused SDPA kernel over [batch, kv heads, query heads per kv head, dim] queries (fp32 softmax)."""
+    return F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
+
+
+def _grouped_matmul(
+    grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """The same as two batched matrix products (cuBLAS) around a float32 softmax."""
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores + mask
+    return torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
+
+
+VARIANTS: dict[str, Kernel] = {"sdpa": _grouped_sdpa, "matmul": _grouped_matmul}
+
+
+def _decode_attention(variant: str) -> Any:
+    kernel = VARIANTS[variant]
+
+    def attend(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        is_causal: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """One new token per row reads each KV head once (transformers' SDPA path copies K and V per query
+        head first); prompts (several tokens per row) keep transformers' SDPA path."""
+        if query.shape[2] != 1:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(
+                module,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=dropout,
+                scaling=scaling,
+                is_causal=is_causal,
+            )
+        # The query heads sharing a KV head become that head's query rows.
+        batch, q_heads, _, dim = query.shape
+        grouped = query.reshape(batch, key.shape[1], q_heads // key.shape[1], dim)
+        mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
+        out = kernel(grouped, key, value, mask, scaling if scaling is not None else dim**-0.5)
+        return out.reshape(batch, q_heads, 1, dim).transpose(1, 2).contiguous(), None
+
+    return attend
+
+
+def _register_attention() -> bool:
+    try:
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:  # older transformers: keep the model's own attention
+        return False
+    for variant in VARIANTS:
+        AttentionInterface.register(f"{ATTENTION_NAME}_{variant}", _decode_attention(variant))
+    return True
+
+
+@contextlib.contextmanager
+def _decode_attention_enabled(model: torch.nn.Module, variant: str) -> Iterator[None]:
+    config: Any = model.config
+    previous = config._attn_implementation
+    if (previous == "sdpa" or previous.startswith(ATTENTION_NAME)) and _register_attention():
+        config._attn_implementation = f"{ATTENTION_NAME}_{variant}"
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+@dataclass
+class _Slot:
+    """Static buffers of one (batch, cache length) shape; the captured graph reads and advances them."""
+
+    batch: int
+    length: int
+    cache: Any
+    #: 2-D attention mask over the whole cache: the prompt's (left padding 0) then 1 for generated slots.
+    mask: torch.Tensor
+    ids: torch.Tensor
+    positions: torch.Tensor
+    cache_position: torch.Tensor
+    step: torch.Tensor
+    limits: torch.Tensor
+    finished: torch.Tensor
+    tokens: torch.Tensor
+    #: End-of-sequence ids (unused entries -1) and the pad id, as device tensors the graph reads.
+    eos: torch.Tensor
+    pad: torch.Tensor
+    graph: Any = None
+    #: The decode attention the graph was captured with.
+    variant: str | None = None
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.ids, self.positions, self.cache_position, self.step, self.finished, self.tokens]
+
+
+class GreedyDecoder:
+    """Greedy decoding of left-padded prompt embeddings with per-row token limits and EOS.
+
+    Outputs equal `model.generate(inputs_embeds=..., do_sample=False)` row by row (exactly in float32;
+    within bf16 rounding of near-tied logits in bf16), with `pad_token_id` after a row's EOS or limit.
+    Not thread-safe: one call at a time per decoder.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch: int = 256,
+        use_cuda_graph: bool | None = None,
+        check_every: int = 32,
+        max_shapes: int = 2,
+        attention: str = "auto",
+    ) -> None:
+        self.model = model
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.max_batch = max_batch
+        self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+        self.check_every = max(1, check_every)
+        self.max_shapes = max(1, max_shapes)
+        self._slots: OrderedDict[tuple[int, int], _Slot] = OrderedDict()
+        if attention != "auto" and attention not in VARIANTS:
+            raise ValueError(f"attention must be 'auto' or one of {sorted(VARIANTS)}, got {attention!r}")
+        #: Decode attention: "auto" times each variant's graph at capture and keeps the faster one.
+        self.attention = attention
+        #: Why graph capture was given up, if it was.
+        self.capture_error: str | None = None
+        #: Milliseconds per decode step of each variant, per (batch, cache length) shape timed.
+        self.variant_timings: dict[str, dict[str, float]] = {}
+        self._logits_kw = self._logits_keyword(model)
+
+    @staticmethod
+    def _logits_keyword(model: torch.nn.Module) -> str | None:
+        parameters = inspect.signature(model.forward).parameters
+        for name in ("logits_to_keep", "num_logits_to_keep"):
+            if name in parameters:
+                return name
+        return None
+
+    # -- public -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int | Sequence[int],
+        *,
+        eos_token_id: int | Sequence[int] | None,
+        pad_token_id: int,
+    ) -> torch.Tensor:
+        """New token ids [batch, max(max_new_tokens)] on the CPU, `pad_token_id` after each row's end."""
+        batch, prompt_len, _ = inputs_embeds.shape
+        limits = [max_new_tokens] * batch if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != batch or min(limits, default=1) < 1:
+            raise ValueError(f"need one max_new_tokens >= 1 per row, got {limits} for {batch} rows")
+        if batch > self.max_batch:
+            raise ValueError(f"batch {batch} is over this decoder's max_batch {self.max_batch}")
+        new_tokens = max(limits)
+        eos = (
+            [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        )
+        if len(eos) > MAX_EOS_IDS:
+            raise ValueError(f"at most {MAX_EOS_IDS} end-of-sequence ids are supported, got {len(eos)}")
+        slot = self._slot(batch, prompt_len + new_tokens)
+        default = "sdpa" if self.attention == "auto" else self.attention
+        with _decode_attention_enabled(self.model, slot.variant or default):
+            self._prefill(slot, inputs_embeds, attention_mask, limits, list(eos), pad_token_id)
+        if slot.graph is None and self.use_cuda_graph and new_tokens > 1:
+            try:
+                slot.graph, slot.variant = self._capture_fastest(slot)
+            except RuntimeError as exc:  # an op that cannot be captured: stay correct, run eagerly
+                self.use_cuda_graph = False
+                self.capture_error = f"{type(exc).__name__}: {exc}"
+                log.warning("CUDA graph capture failed, decoding eagerly: %s", self.capture_error)
+        with _decode_attention_enabled(self.model, slot.variant or default):
+            for done in range(1, new_tokens):
+                if slot.graph is not None:
+                    slot.graph.replay()
+                else:
+                    self._step(slot)
+                if done % self.check_every == 0 and bool(slot.finished[:batch].all()):
+                    break
+        return slot.tokens[:batch, :new_tokens].to("cpu", copy=True)
+
+    # -- shapes -------------------------------------------------------------------------------------------
+    def _slot(self, batch: int, needed: int) -> _Slot:
+        rows = min(self.max_batch, 1 << (batch - 1).bit_length())
+        length = -(-needed // LENGTH_BUCKET) * LENGTH_BUCKET
+        key = (rows, length)
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._slots.move_to_end(key)
+            return slot
+        while len(self._slots) >= self.max_shapes:
+            self._slots.popitem(last=False)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        from transformers.cache_utils import StaticCache
+
+        config: Any = self.model.config
+        cache = StaticCache(
+            config=config, max_batch_size=rows, max_cache_len=length, device=self.device, dtype=self.dtype
+        )
+
+        def longs(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.long, device=self.device)
+
+        slot = _Slot(
+            batch=rows,
+            length=length,
+            cache=cache,
+            mask=longs(rows, length),
+            ids=longs(rows, 1),
+            positions=longs(rows, 1),
+            cache_position=longs(1),
+            step=longs(1),
+            limits=longs(rows),
+            finished=torch.zeros(rows, dtype=torch.bool, device=self.device),
+            tokens=longs(rows, length),
+            eos=longs(MAX_EOS_IDS),
+            pad=longs(),
+        )
+        self._slots[key] = slot
+        log.info("decode shape: batch %d, cache length %d", rows, length)
+        return slot
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _prefill(
+        self,
+        slot: _Slot,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        limits: list[int],
+        eos: list[int],
+        pad: int,
+    ) -> None:
+        batch, prompt_len, _ = embeds.shape
+        rows = slot.batch
+        # Padding rows repeat row 0, so they run the same kernels on real data and are dropped at the end.
+        fill = [0] * (rows - batch)
+        embeds = torch.cat([embeds, embeds[fill]]) if fill else embeds
+        mask = torch.cat([mask, mask[fill]]) if fill else mask
+        mask = mask.to(self.device, torch.long)
+        slot.mask.fill_(1)
+        slot.mask[:, :prompt_len].copy_(mask)
+        slot.limits.copy_(torch.tensor(limits + [limits[0]] * len(fill)))
+        slot.eos.copy_(torch.tensor(eos + [-1] * (MAX_EOS_IDS - len(eos))))
+        slot.pad.fill_(pad)
+        positions = mask.cumsum(-1) - 1
+        positions.masked_fill_(mask == 0, 1)
+        extra = {self._logits_kw: 1} if self._logits_kw else {}
+        out = self.model(
+            inputs_embeds=embeds.to(self.device, self.dtype),
+            attention_mask=slot.mask,
+            position_ids=positions,
+            cache_position=torch.arange(prompt_len, device=self.device),
+            past_key_values=slot.cache,
+            use_cache=True,
+            **extra,
+        )
+        slot.positions.copy_(positions[:, -1:])
+        slot.cache_position.fill_(prompt_len - 1)
+        slot.step.zero_()
+        slot.finished.zero_()
+        slot.tokens.fill_(pad)
+        self._advance(slot, out.logits[:, -1, :])
+
+    def _step(self, slot: _Slot) -> None:
+        out = self.model(
+            input_ids=slot.ids,
+            attention_mask=slot.mask,
+            position_ids=slot.positions,
+            cache_position=slot.cache_position,
+            past_key_values=slot.cache,
+            use_cache=True,
+        )
+        self._advance(slot, out.logits[:, -1, :])
+
+    def _advance(self, slot: _Slot, logits: torch.Tensor) -> None:
+        """Pick each row's token, record it, mark rows that hit EOS or their limit, move to the next slot."""
+        chosen = torch.where(slot.finished, slot.pad, logits.argmax(-1))
+        slot.tokens.index_copy_(1, slot.step, chosen[:, None])
+        hit_eos = (chosen[:, None] == slot.eos[None, :]).any(-1)
+        slot.finished.logical_or_(hit_eos | (slot.step + 1 >= slot.limits))
+        slot.ids.copy_(chosen[:, None])
+        slot.positions.add_(1)
+        slot.cache_position.add_(1)
+        slot.step.add_(1)
+
+    def _capture_fastest(self, slot: _Slot) -> tuple[Any, str]:
+        """Capture the step with each candidate attention; keep the graph whose replays are fastest."""
+        candidates = list(VARIANTS) if self.attention == "auto" else [self.attention]
+        best: tuple[float, Any, str] | None = None
+        timings: dict[str, float] = {}
+        for variant in candidates:
+            with _decode_attention_enabled(self.model, variant):
+                graph = self._capture(slot)
+            ms = self._time_replays(slot, graph) if len(candidates) > 1 else 0.0
+            timings[variant] = round(ms, 3)
+            if best is None or ms < best[0]:
+                best = (ms, graph, variant)
+        assert best is not None
+        self.variant_timings[f"{slot.batch}x{slot.length}"] = timings
+        log.info(
+            "decode graph for batch %d, cache %d: %s (ms per step %s)",
+            slot.batch,
+            slot.length,
+            best[2],
+            timings,
+        )
+        return best[1], best[2]
+
+    def _time_replays(self, slot: _Slot, graph: Any) -> float:
+        """Milliseconds per replay; the state the replays advance is put back."""
+        saved = [t.clone() for t in slot.state()]
+        graph.replay()  # first replay uploads the graph
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(TIMED_REPLAYS):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        for tensor, value in zip(slot.state(), saved, strict=True):
+            tensor.copy_(value)
+        return float(start.elapsed_time(end)) / TIMED_REPLAYS
+
+    def _capture(self, slot: _Slot) -> Any:
+        """Capture one decode step. Warm-up steps run on a side stream first (kernel selection, workspaces);
+        the state they advance is put back, and the cache slots they wrote are rewritten by the real steps."""
+        saved = [t.clone() for t in slot.state()]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step(slot)
+            torch.cuda.current_stream().wait_stream(side)
+            for tensor, value in zip(slot.state(), saved, strict=True):
+                tensor.copy_(value)
+            # Each graph gets its own memory pool: graphs of evicted shapes are freed with their pools.
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step(slot)
+            return graph
+        finally:
+            for tensor, value in zip(slot.state(), saved, strict=True):
+                tensor.copy_(value)

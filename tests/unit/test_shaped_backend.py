@@ -1,0 +1,84 @@
+"""The `ovis-u1-shaped` benchmark backend at tiny shapes on the CPU, and its size at full shapes."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from gpu_model import BackendOptions, CaptionRequest, EditRequest, GenerateRequest, create_backend
+from gpu_model.shaped import ShapedBackend, edit_size
+from gpu_model.shaped_compute import measure_stand_in
+
+
+@pytest.fixture(scope="module")
+def backend() -> ShapedBackend:
+    made = create_backend("ovis-u1-shaped", BackendOptions(device="cpu", max_batch={"caption": 4}))
+    assert isinstance(made, ShapedBackend)
+    made.load()
+    return made
+
+
+def _photo(width: int, height: int, shade: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), (shade, 255 - shade, 90))
+    image.paste((20, 20, shade), (width // 4, height // 4, width // 2, height // 2))
+    return image
+
+
+def test_loads_tiny_on_the_cpu(backend: ShapedBackend) -> None:
+    info = backend.load()
+    assert (info.name, info.device, backend.scale) == ("ovis-u1-shaped", "cpu", "tiny")
+    assert info.max_batch == {"caption": 4, "generate": 1, "edit": 1}
+    assert info.defaults["generate"]["width"] == 64
+
+
+def test_captions_of_a_batch_equal_the_official_one_at_a_time(backend: ShapedBackend) -> None:
+    requests = [
+        CaptionRequest(_photo(64 + 8 * k, 48, 40 * k), "What is in it?", max_new_tokens=limit)
+        for k, limit in enumerate([12, 5, 9, 12, 3])
+    ]
+    official = ShapedBackend(BackendOptions(device="cpu"), fast=False)
+    official.load()
+    fast_tokens = backend.caption_tokens(requests[:4])
+    official_tokens = official.caption_tokens(requests[:4])
+    assert fast_tokens.tolist() == official_tokens.tolist()
+    captions = backend.caption(requests)  # 5 rows: two micro-batches of the decoder
+    assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
+    assert captions[:4] == official.caption(requests[:4])
+
+
+def test_images_reproduce_their_seed_whatever_the_batch(backend: ShapedBackend) -> None:
+    first = GenerateRequest("a red fox", 80, 64, steps=2, seed=7, txt_cfg=5.0)
+    second = GenerateRequest("a blue boat on a lake", 64, 64, steps=2, seed=8, txt_cfg=5.0)
+    alone = backend.generate([first])[0]
+    together = backend.generate([second, first])
+    assert alone.size == (80, 64) and alone.mode == "RGB"
+    assert together[1].tobytes() == alone.tobytes()
+    assert together[0].tobytes() != alone.tobytes()
+
+
+def test_edit_keeps_the_aspect_and_reproduces(backend: ShapedBackend) -> None:
+    request = EditRequest(_photo(96, 64, 200), "make it red", steps=2, seed=3, img_cfg=1.5, txt_cfg=6.0)
+    out = backend.edit([request, request])
+    assert out[0].size == edit_size(96, 64) == (96, 64)
+    assert out[0].tobytes() == out[1].tobytes()
+
+
+def test_requests_outside_the_limits_fail_before_any_work(backend: ShapedBackend) -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        backend.generate([GenerateRequest("x", 60, 64, steps=2, seed=0, txt_cfg=5.0)])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        backend.caption([CaptionRequest(_photo(32, 32, 9), "x", max_new_tokens=0)])
+
+
+def test_edit_size_follows_the_official_rule() -> None:
+    assert edit_size(1024, 1024) == (992, 992)
+    assert edit_size(1280, 720) == (1280, 704)
+
+
+def test_full_size_stand_in_costs_what_the_real_model_costs() -> None:
+    """Parameters within 2% of the reference's, FLOPs of every part within 1% of the real architecture's."""
+    census = measure_stand_in()
+    for part, reference in census["params_reference"].items():
+        assert census["params_stand_in"][part] == pytest.approx(reference, rel=0.02), part
+    for part, real in census["flops_real"].items():
+        assert census["flops_stand_in"][part] == pytest.approx(real, rel=0.01), part

@@ -25,6 +25,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport.update(
             control_folder=str(folder / "control"),
+            # The folder transport polls; the default second would delay every chunk's start.
+            polling_interval=0.1,
             data_folder_in=str(folder / "in"),
             data_folder_out=str(folder / "in"),
             processed_folder=str(folder / "processed"),

@@ -116,6 +116,9 @@ class ChunkRun:
         self.output_url = ""
         self.open: set[int] = set()  # claimed seqs not yet recorded
         self.started: set[int] = set()  # claimed seqs whose attempt this run counted
+        # SQL bookkeeping (leases, attempts, results) runs in order on the runtime's one bookkeeping thread,
+        # so the model never waits for a commit; `open` and `started` are only touched there or after _drain.
+        self._records: list[Future[None]] = []
 
     # -- the whole chunk, top to bottom -------------------------------------------------------------------
     def run(self) -> ChunkOutcome:
@@ -195,6 +198,7 @@ class ChunkRun:
         waiting: _Pending | None = None
         position = submitted = 0
         cancelled = False
+        counted_by: dict[int, Future[None]] = {}
         while position < len(items):
             if self.rt.stopping.is_set():
                 log.info(
@@ -204,33 +208,63 @@ class ChunkRun:
                     extra={"job_id": self.job_id},
                 )
                 if waiting is not None:
-                    self._record(waiting)
+                    self._record_later(waiting)
+                self._drain()
                 raise ChunkInterrupted(self.job_id)
             batch_items = items[position : position + size]
             position += len(batch_items)
             ahead = items[submitted : position + lookahead]
-            if self._checkpoint(ahead):
-                cancelled = True
-                break
+            checkpoint = self.rt.bookkeeper.submit(self._checkpoint, ahead)
             for item in ahead:
                 fetches[item.seq] = self.rt.io_pool.submit(self._prepare, item)
+                counted_by[item.seq] = checkpoint
             submitted += len(ahead)
+            # The attempts of these items are committed before the model sees them (poison accounting).
+            for counted in {counted_by.pop(item.seq) for item in batch_items}:
+                counted.result()
+            with session_scope(self.db) as session:  # a read: no commit to wait for
+                if self._cancel_requested(session):
+                    cancelled = True
+                    break
+            self._reap()
             works = [fetches.pop(item.seq).result() for item in batch_items]
             pending = _Pending(failures={w.item.seq: w.error for w in works if w.error})
             runnable = [w for w in works if w.request is not None]
             if runnable:
                 self._run_batch(runnable, pending)
             if waiting is not None:
-                self._record(waiting)
+                self._record_later(waiting)
             waiting = pending
             if isolated:
-                self._record(waiting)
+                self._record_later(waiting)
+                self._drain()
                 waiting = None
-        for future in fetches.values():
-            future.cancel()
+        for fetch in fetches.values():
+            fetch.cancel()
         if waiting is not None:
-            self._record(waiting)
+            self._record_later(waiting)
+        self._drain()
         return not cancelled
+
+    def _record_later(self, pending: _Pending) -> None:
+        self._records.append(self.rt.bookkeeper.submit(self._record, pending))
+
+    def _reap(self) -> None:
+        """Surface a failed recording (database down) without waiting for the ones still running."""
+        done = [future for future in self._records if future.done()]
+        self._records = [future for future in self._records if not future.done()]
+        for future in done:
+            future.result()
+
+    def _drain(self, *, raise_errors: bool = True) -> None:
+        """Wait until every result handed to the bookkeeping thread is recorded."""
+        records, self._records = self._records, []
+        for future in records:
+            try:
+                future.result()
+            except Exception:
+                if raise_errors:
+                    raise
 
     def _finish(self) -> None:
         with session_scope(self.db) as session:
@@ -249,6 +283,7 @@ class ChunkRun:
                 )
 
     def _release(self) -> None:
+        self._drain(raise_errors=False)
         if not self.open:
             return
         try:
@@ -265,9 +300,9 @@ class ChunkRun:
                 "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
             )
 
-    def _checkpoint(self, starting: Sequence[ClaimedItem]) -> bool:
+    def _checkpoint(self, starting: Sequence[ClaimedItem]) -> None:
         """Before a micro-batch: extend the lease of the items still open and count an attempt for those about
-        to be fetched; True if the job was cancelled."""
+        to be fetched."""
         seqs = [item.seq for item in starting]
         with session_scope(self.db) as session:
             renew_lease(
@@ -278,9 +313,7 @@ class ChunkRun:
                 lease_seconds=self.settings.lease_seconds,
             )
             start_attempts(session, job_id=self.job_id, seqs=seqs, worker=self.rt.name)
-            cancelled = self._cancel_requested(session)
         self.started.update(seqs)
-        return cancelled
 
     def _cancel_requested(self, session: Session) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))

@@ -39,6 +39,8 @@ class WorkerRuntime:
         self._info: BackendInfo | None = None
         self._stores: dict[str, Store] = {}
         self.io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="ovis-io")
+        #: One thread for the SQL bookkeeping of chunks, in order, beside the model.
+        self.bookkeeper = ThreadPoolExecutor(1, thread_name_prefix="ovis-record")
         #: Set on a graceful shutdown: chunks hand their items back at the next micro-batch.
         self.stopping = threading.Event()
 

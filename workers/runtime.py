@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +40,9 @@ class WorkerRuntime:
         self._info: BackendInfo | None = None
         self._stores: dict[str, Store] = {}
         self.io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="ovis-io")
+        # I/O threads decoding and uploading hold the GIL in turns; a short switch interval lets the thread
+        # that drives the model take it back quickly, so the accelerator does not wait on Python.
+        sys.setswitchinterval(0.0005)
         #: One thread for the SQL bookkeeping of chunks, in order, beside the model.
         self.bookkeeper = ThreadPoolExecutor(1, thread_name_prefix="ovis-record")
         #: Set on a graceful shutdown: chunks hand their items back at the next micro-batch.

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 from gpu_model.errors import BackendError, BackendOutOfMemory
+from gpu_model.fast_decode import GreedyDecoder, fuse_norms
+from gpu_model.fast_dit import compile_blocks
 from gpu_model.ovis_u1 import (
     BLANK_COLOR,
     EDIT_PREFIX,
@@ -61,16 +63,48 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def generator_blocks(model: Any) -> list[torch.nn.Module]:
+    """The repeated transformer blocks of the visual generator's backbone (its top-level block lists)."""
+    backbone = getattr(getattr(model, "visual_generator", None), "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        return []
+    return [
+        block for child in backbone.children() if isinstance(child, torch.nn.ModuleList) for block in child
+    ]
+
+
 class OvisU1Pipeline:
     """Runs caption, generate and edit micro-batches on a loaded model."""
 
-    def __init__(self, model: Any, *, device: str, dtype_name: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        device: str,
+        dtype_name: str,
+        fast_decode: bool | None = None,
+        max_batch: int = 64,
+    ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.text_tokenizer = model.get_text_tokenizer()
         self.visual_tokenizer = model.get_visual_tokenizer()
         self._no_both: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+        #: Greedy captions through a static KV cache and a captured CUDA graph per step (on CUDA by
+        #: default), in place of the LLM's stock generate loop, which is bound by per-step host overhead.
+        self.decoder: GreedyDecoder | None = None
+        llm = getattr(model, "llm", None)
+        wanted = self.device.type == "cuda" if fast_decode is None else fast_decode
+        if wanted and isinstance(llm, torch.nn.Module) and hasattr(llm, "generate"):
+            if self.device.type == "cuda":
+                fuse_norms(llm)
+            self.decoder = GreedyDecoder(llm, max_batch=max_batch)
+        #: On CUDA the generator's transformer blocks are compiled one by one ("regional" compilation: the
+        #: repeated blocks share graphs), the part of generation and editing that is bound by kernels.
+        self.compiled_blocks = 0
+        if self.device.type == "cuda":
+            self.compiled_blocks = compile_blocks(generator_blocks(model))
 
     # -- captions -------------------------------------------------------------------------------------
 
@@ -114,18 +148,45 @@ class OvisU1Pipeline:
         pixel_values = torch.cat([pv for _, pv, _ in rows]).to(device=vt_device, dtype=self.dtype)
         grid_thws = torch.cat([grid for _, _, grid in rows]).to(device=vt_device)
         limits = [r.max_new_tokens for r in requests]
-        output_ids = self.model.generate(
-            input_ids.to(self.device),
-            pixel_values=pixel_values,
-            attention_mask=attention_mask.to(self.device),
-            grid_thws=grid_thws,
-            max_new_tokens=max(limits),
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            use_cache=True,
-            **sampling,
-        )
+        fast = self.decoder is not None and not sampling.get("do_sample")
+        with self._fast_llm_generate(limits) if fast else contextlib.nullcontext():
+            output_ids = self.model.generate(
+                input_ids.to(self.device),
+                pixel_values=pixel_values,
+                attention_mask=attention_mask.to(self.device),
+                grid_thws=grid_thws,
+                max_new_tokens=max(limits),
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                use_cache=True,
+                **sampling,
+            )
         return [self._decode(row, limit) for row, limit in zip(output_ids, limits, strict=True)]
+
+    @contextlib.contextmanager
+    def _fast_llm_generate(self, limits: list[int]) -> Iterator[None]:
+        """Let the model's own generate() merge text and image as it always does, then decode the merged
+        embeddings with the fast greedy decoder instead of the LLM's stock loop."""
+        llm, decoder = self.model.llm, self.decoder
+        assert decoder is not None
+
+        def generate(
+            inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any
+        ) -> torch.Tensor:
+            tokens = decoder.generate(
+                inputs_embeds,
+                attention_mask,
+                limits,
+                eos_token_id=kwargs.get("eos_token_id"),
+                pad_token_id=int(kwargs["pad_token_id"]),
+            )
+            return tokens.to(inputs_embeds.device)
+
+        llm.generate = lambda inputs=None, **kwargs: generate(**kwargs)
+        try:
+            yield
+        finally:
+            del llm.generate  # the class's generate shows through again
 
     def _decode(self, new_tokens: torch.Tensor, limit: int) -> str:
         tokens = new_tokens[:limit].tolist()

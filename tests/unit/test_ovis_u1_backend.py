@@ -319,3 +319,39 @@ def test_loads_a_hub_id_from_the_local_cache(
         [CaptionRequest(image=Image.new("RGB", (64, 64)), prompt="?", max_new_tokens=3)]
     )
     assert len(caption) == 1
+
+
+def test_fast_greedy_decoder_gives_the_official_captions(standin_dir: Path, tmp_path: Path) -> None:
+    # The fast decoder replaces only the LLM's decode loop under the model's own generate(): same prompts,
+    # same multimodal merge, same tokens (fp32; on CUDA it also captures each step in a CUDA graph).
+    from gpu_model.ovis_u1_pipeline import OvisU1Pipeline
+
+    backend = _loaded(BackendOptions(model_path=str(standin_dir), device="cpu"), tmp_path, dtype="float32")
+    official = backend.caption(
+        requests := [
+            CaptionRequest(image=Image.new("RGB", size, color), prompt=prompt, max_new_tokens=limit)
+            for size, color, prompt, limit in [
+                ((80, 60), RED, "What is it?", 12),
+                ((40, 120), (20, 160, 40), "Describe the image.", 3),
+                ((150, 150), (30, 40, 220), "What color?", 9),
+            ]
+        ]
+    )
+    fast = OvisU1Pipeline(backend.model, device="cpu", dtype_name="float32", fast_decode=True)
+    assert fast.decoder is not None
+    used: list[int] = []
+    decode = fast.decoder.generate
+    fast.decoder.generate = lambda *a, **k: used.append(len(a[0])) or decode(*a, **k)  # type: ignore[method-assign]
+    assert fast.caption(requests) == official
+    assert used == [3]  # one batched decode for the three captions
+    assert "generate" not in vars(backend.model.llm)  # the LLM's own generate is back
+
+
+def test_generator_blocks_are_the_backbones_repeated_blocks(backend: OvisU1Backend) -> None:
+    from gpu_model.ovis_u1_pipeline import generator_blocks
+
+    blocks = generator_blocks(backend.model)
+    assert blocks and all(
+        b is m for b, m in zip(blocks, backend.model.visual_generator.backbone.blocks, strict=True)
+    )
+    assert generator_blocks(object()) == []

@@ -268,9 +268,19 @@ def iter_manifest(
         try:
             yield reader.item(record, index)
         except InvalidSource as exc:
-            where = f"line {lineno}" if lineno else f"record {index + 1}"
-            raise InvalidSource(f"{url} {where}: {exc}") from None
+            # The fast JSONL reader does not count lines: find this record's line again, exactly (errors are
+            # rare, a second read of the manifest up to here is cheap next to a user hunting for the line).
+            lineno = lineno or _line_of_record(url, s3, index)
+            raise InvalidSource(f"{url} line {lineno}: {exc}") from None
         index += 1
+
+
+def _line_of_record(url: str, s3: S3Options | None, index: int) -> int:
+    """The line number of the record at `index` (0-based) of a JSONL manifest."""
+    for position, (lineno, _) in enumerate(_python_jsonl(url, s3, skip=0)):
+        if position == index:
+            return lineno
+    return 0
 
 
 # -- folders, prefixes, prompt files, shards ---------------------------------------------------------------

@@ -279,10 +279,6 @@ def test_bad_manifests_and_prompts_are_refused_at_submit(
     assert runner.client.list() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/sources.py's pyarrow JSONL path says 'record N', not the line number, after a blank line",
-)
 def test_a_bad_record_after_a_blank_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"prompt": "a"}\n\n{"text": ""}\n')

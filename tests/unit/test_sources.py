@@ -77,7 +77,7 @@ def test_bad_manifest_lines_are_reported_with_their_number(tmp_path: Path) -> No
     with pytest.raises(InvalidSource, match=r"line 2: expected a JSON object"):
         list(iter_source(JobKind.CAPTION, str(manifest)))
     manifest.write_text('{"image": "a.jpg"}\n{"id": "x"}\n')
-    with pytest.raises(InvalidSource, match=r"record 2: no image field"):
+    with pytest.raises(InvalidSource, match=r"line 2: no image field"):
         list(iter_source(JobKind.CAPTION, str(manifest)))
 
 

@@ -42,7 +42,7 @@ _GREEDY: dict[str, Any] = {
 
 
 @contextlib.contextmanager
-def _device_work(kind: str, size: int) -> Iterator[None]:
+def device_work(kind: str, size: int) -> Iterator[None]:
     """inference_mode; CUDA out of memory becomes BackendOutOfMemory (the worker splits the batch)."""
     try:
         with torch.inference_mode():
@@ -112,7 +112,7 @@ class OvisU1Pipeline:
         """Greedy rows share one generate(); sampled rows run alone, seeded, so each reproduces itself."""
         captions: list[str] = [""] * len(requests)
         greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
-        with _device_work("caption", len(requests)):
+        with device_work("caption", len(requests)):
             if greedy:
                 texts = self._caption_batch([requests[i] for i in greedy], sampling=_GREEDY)
                 for i, text in zip(greedy, texts, strict=True):
@@ -201,7 +201,7 @@ class OvisU1Pipeline:
     def generate(self, requests: list[GenerateRequest]) -> list[Image.Image]:
         """Text-to-image, one item at a time, as test_txt_to_img.py."""
         images = []
-        with _device_work("generate", len(requests)):
+        with device_work("generate", len(requests)):
             for request in requests:
                 width, height = request.width, request.height
                 kwargs = self._image_kwargs(width, height, request.steps, request.seed, 0.0, request.txt_cfg)
@@ -215,7 +215,7 @@ class OvisU1Pipeline:
     def edit(self, requests: list[EditRequest]) -> list[Image.Image]:
         """Instruction editing, one item at a time, as test_img_edit.py."""
         images = []
-        with _device_work("edit", len(requests)):
+        with device_work("edit", len(requests)):
             for request in requests:
                 source = _to_rgb(request.image)
                 height, width = self.edit_size(source.width, source.height)

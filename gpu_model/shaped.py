@@ -15,10 +15,8 @@ one CUDA graph per step, whole micro-batches), the DiT with fused QKV, the faste
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +26,11 @@ from PIL import Image
 from torch import nn
 
 from gpu_model.base import Backend, BackendInfo, BackendOptions
-from gpu_model.errors import BackendLoadError, BackendOutOfMemory
+from gpu_model.errors import BackendLoadError
 from gpu_model.fast_decode import GreedyDecoder, fuse_norms
 from gpu_model.fast_dit import ConditionCache, compile_blocks, fuse_qkv, pick_sdpa_backend, sdpa_backend
 from gpu_model.ovis_u1_loading import resolve_device
+from gpu_model.ovis_u1_pipeline import device_work
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
 from gpu_model.shaped_models import FULL, TINY, ShapedConfig, ShapedDiT, VisualTokenizer, build_llm, build_vae
 from gpu_model.shaped_sampling import Pass, euler, image_ids, noise, pack, schedule, unpack
@@ -113,16 +112,6 @@ def edit_size(width: int, height: int, max_pixels: int = EDIT_MAX_PIXELS) -> tup
         w = max(EDIT_FACTOR, math.floor(width / beta / EDIT_FACTOR) * EDIT_FACTOR)
         h = max(EDIT_FACTOR, math.floor(height / beta / EDIT_FACTOR) * EDIT_FACTOR)
     return w, h
-
-
-@contextlib.contextmanager
-def _device_work(kind: str, size: int) -> Iterator[None]:
-    try:
-        with torch.inference_mode():
-            yield
-    except torch.OutOfMemoryError as exc:
-        torch.cuda.empty_cache()
-        raise BackendOutOfMemory(f"CUDA out of memory on a {kind} micro-batch of {size}: {exc}") from exc
 
 
 def _check(ok: bool, message: str) -> None:
@@ -240,7 +229,7 @@ class ShapedBackend(Backend):
             )
             _check(r.temperature >= 0, f"temperature must be >= 0, got {r.temperature}")
         captions = [""] * len(requests)
-        with _device_work("caption", len(requests)):
+        with device_work("caption", len(requests)):
             greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
             step = self._decoder.max_batch if self._decoder is not None else max(1, len(greedy))
             for start in range(0, len(greedy), step):
@@ -254,7 +243,7 @@ class ShapedBackend(Backend):
 
     def caption_tokens(self, requests: list[CaptionRequest]) -> torch.Tensor:
         """The greedy new-token ids of a micro-batch (CPU, pad after each row's end), for benchmarks."""
-        with _device_work("caption", len(requests)):
+        with device_work("caption", len(requests)):
             return self._greedy_tokens(requests)
 
     def _greedy_tokens(self, requests: list[CaptionRequest]) -> torch.Tensor:
@@ -440,7 +429,7 @@ class ShapedBackend(Backend):
                 _check(side % 16 == 0 and 64 <= side <= 2048, f"{name} must be a multiple of 16 in 64..2048")
             _check(bool(r.prompt.strip()), "the prompt is empty")
             _check(1 <= r.steps <= MAX_STEPS, f"steps must be within 1..{MAX_STEPS}")
-        with _device_work("generate", len(requests)):
+        with device_work("generate", len(requests)):
             return [self._generate_one(r) for r in requests]
 
     def _generate_one(self, r: GenerateRequest) -> Image.Image:
@@ -461,7 +450,7 @@ class ShapedBackend(Backend):
             _check(min(r.image.size) > 0, "the input image is empty")
             _check(bool(r.instruction.strip()), "the instruction is empty")
             _check(1 <= r.steps <= MAX_STEPS, f"steps must be within 1..{MAX_STEPS}")
-        with _device_work("edit", len(requests)):
+        with device_work("edit", len(requests)):
             return [self._edit_one(r) for r in requests]
 
     def _edit_one(self, r: EditRequest) -> Image.Image:

@@ -7,7 +7,6 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-import psycopg
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,6 +37,8 @@ def _copy_rows(
     session: Session, job_id: str, first_seq: int, specs: list[ItemSpec], done: dict[str, str]
 ) -> None:
     """PostgreSQL COPY, rows encoded by psycopg's C writer: the fastest bulk path, memory per batch."""
+    import psycopg  # only PostgreSQL needs the driver: the embedded mode runs without it
+
     connection = session.connection().connection.driver_connection
     assert connection is not None
     queued, succeeded, t = ItemStatus.QUEUED.value, ItemStatus.SUCCEEDED.value, now()

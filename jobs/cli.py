@@ -358,7 +358,9 @@ def worker(
     gpus: str = typer.Option(
         "auto", help="'auto'/'all' (one worker per GPU), 'none' (one CPU worker), or 0,1,..."
     ),
-    concurrency: int = typer.Option(1, help="Processes of a CPU worker (prefork); 1 runs in this process."),
+    concurrency: int = typer.Option(
+        0, help="Processes of a CPU worker (prefork; 1: this process). Default: OVIS_BATCH_CONCURRENCY."
+    ),
     queues: str = typer.Option("", help="Comma-separated queues (default: every kind's), e.g. ovis.caption."),
     node: str = typer.Option("", help="Celery node name (default: ovis@host, ovis-gpuN@host)."),
     loglevel: str = typer.Option("INFO", help="Log level."),
@@ -376,6 +378,7 @@ def worker(
     from workers.celery_app import app as celery_app
 
     names = [q.strip() for q in queues.split(",") if q.strip()] or worker_queues(settings)
+    concurrency = concurrency or settings.concurrency
     if concurrency <= 1:
         # Load the model before Celery starts, so a missing model fails here with its fix, not at a job.
         from gpu_model import BackendLoadError

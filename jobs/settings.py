@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     #: Threads fetching and decoding inputs ahead of the model, and encoding/uploading behind it.
     io_threads: int = Field(default=8, ge=1, le=256)
+    #: Processes of a CPU worker (prefork); GPU workers always run one process per GPU.
+    concurrency: int = Field(default=1, ge=1, le=256)
     #: Queue name prefix: a job's chunks go to `{queue}.{kind}`.
     queue: str = "ovis"
     #: Queues a worker consumes; empty means every kind's (dedicate a worker with e.g. "ovis.caption").

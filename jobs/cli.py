@@ -42,7 +42,7 @@ app.add_typer(submit_app, name="submit")
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -196,9 +196,9 @@ def _print_outcome(report: JobReport) -> None:
         f"job {report.id}: [{colour}]{report.status}[/{colour}] "
         f"({report.succeeded} succeeded, {report.failed} failed, {report.cancelled} cancelled)"
     )
-    console.print(f"outputs: {report.output_url.rstrip('/')}/{report.id}/")
+    console.print(f"outputs: {report.output_url.rstrip('/')}/{report.id}/", markup=False)
     if report.export_url:
-        console.print(f"results: {report.export_url}")
+        console.print(f"results: {report.export_url}", markup=False)
 
 
 # -- watching and managing ---------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def export(
     states = [part.strip() for part in status.split(",") if part.strip()] if status else []
     client = Client(get_settings())
     count = _guard(lambda: client.export(job_id, out, fmt, statuses=states, column=column))
-    console.print(f"wrote {count} items to {out or 'caption files beside the images'}")
+    console.print(f"wrote {count} items to {out or 'caption files beside the images'}", markup=False)
 
 
 @app.command()

@@ -71,8 +71,9 @@ def run_demo(out: str, console: Console) -> None:
             f"{kind.value}: job {report.id} {report.status} ({report.succeeded}/{report.total} succeeded)"
         )
         for row in _rows(client, report.id):
-            console.print(f"  {row['id']}: {row['output'] if row['status'] == 'succeeded' else row['error']}")
-        console.print(f"  results file: {report.export_url}")
+            shown = row["output"] if row["status"] == "succeeded" else row["error"]
+            console.print(f"  {row['id']}: {shown}", markup=False)
+        console.print(f"  results file: {report.export_url}", markup=False)
         if report.status != "succeeded":
             raise SystemExit(f"the demo's {kind.value} job ended {report.status}")
 

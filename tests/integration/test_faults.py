@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -130,19 +129,9 @@ def _wait_final(db: Records, job_id: str, timeout: float) -> dict[str, Any]:
     return job
 
 
-def _s3(stack: Stack) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.env["OVIS_BATCH_S3_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 def _s3_keys(stack: Stack, prefix: str) -> list[str]:
     keys: list[str] = []
-    for page in _s3(stack).get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=prefix):
+    for page in stack.s3().get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=prefix):
         keys.extend(entry["Key"] for entry in page.get("Contents", []))
     return keys
 
@@ -184,7 +173,7 @@ def _audit(stack: Stack, db: Records, job_id: str, scenario: str, started: float
 
 
 def _results(stack: Stack, job_id: str) -> list[dict[str, Any]]:
-    body = _s3(stack).get_object(Bucket=stack.bucket, Key=f"outputs/{job_id}/results.jsonl")["Body"].read()
+    body = stack.s3().get_object(Bucket=stack.bucket, Key=f"outputs/{job_id}/results.jsonl")["Body"].read()
     return [json.loads(line) for line in body.decode().splitlines()]
 
 

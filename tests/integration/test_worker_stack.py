@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import boto3
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
@@ -16,18 +15,8 @@ from tests.plugins.workers import Stack, wait_for
 pytestmark = pytest.mark.integration
 
 
-def _s3(stack: Stack):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.env["OVIS_BATCH_S3_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 def _upload_photos(stack: Stack, count: int, corrupt: int | None = None) -> None:
-    s3 = _s3(stack)
+    s3 = stack.s3()
     for index in range(count):
         buffer = io.BytesIO()
         sample_photo(("astronaut.png", "chelsea.png", "coffee.png")[index % 3], 96).save(buffer, "JPEG")
@@ -66,7 +55,7 @@ def _items(stack: Stack, job_id: str) -> list[dict]:  # type: ignore[type-arg]
 
 def test_three_kinds_through_the_cli(stack: Stack, start_worker) -> None:  # type: ignore[no-untyped-def]
     _upload_photos(stack, 5, corrupt=3)
-    s3 = _s3(stack)
+    s3 = stack.s3()
     edits = "".join(
         json.dumps({"id": f"edit{i}", "image": f"photos/p{i:02d}.jpg", "instruction": "make it red"}) + "\n"
         for i in range(3)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,18 @@ class Stack:
     env: dict[str, str]
     bucket: str
     home: Path
+
+    def s3(self) -> Any:
+        """A boto3 client on the stack's S3 endpoint, for checking effects independently of the project."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.env["OVIS_BATCH_S3_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def cli(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `ovis-batch ARGS` with this stack's settings."""

@@ -6,6 +6,7 @@ until the failing item stands alone, and out-of-memory halves the batch on the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -17,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 import storage
 from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
 from jobs import errors
-from jobs.db import session_scope
+from jobs.db import get_engine, session_scope
 from jobs.export import write_results
 from jobs.inputs import input_allowed, read_input
 from jobs.lifecycle import JobKind, JobStatus
@@ -119,10 +120,17 @@ class ChunkRun:
         # SQL bookkeeping (leases, attempts, results) runs in order on the runtime's one bookkeeping thread,
         # so the model never waits for a commit; `open` and `started` are only touched there or after _drain.
         self._records: list[Future[None]] = []
+        self._reader: Connection | None = None
 
     # -- the whole chunk, top to bottom -------------------------------------------------------------------
     def run(self) -> ChunkOutcome:
         """Claim, process and record the chunk; raise errors.Transient to have it retried later."""
+        try:
+            return self._run()
+        finally:
+            self._close_reader()
+
+    def _run(self) -> ChunkOutcome:
         try:
             items = self._claim()
             if items:
@@ -222,10 +230,9 @@ class ChunkRun:
             # The attempts of these items are committed before the model sees them (poison accounting).
             for counted in {counted_by.pop(item.seq) for item in batch_items}:
                 counted.result()
-            with session_scope(self.db) as session:  # a read: no commit to wait for
-                if self._cancel_requested(session):
-                    cancelled = True
-                    break
+            if self._cancel_flag():
+                cancelled = True
+                break
             self._reap()
             works = [fetches.pop(item.seq).result() for item in batch_items]
             pending = _Pending(failures={w.item.seq: w.error for w in works if w.error})
@@ -314,6 +321,23 @@ class ChunkRun:
             )
             start_attempts(session, job_id=self.job_id, seqs=seqs, worker=self.rt.name)
         self.started.update(seqs)
+
+    def _cancel_flag(self) -> bool:
+        """The job's cancel flag, read on the model's thread before each micro-batch: one round trip on a
+        connection the chunk keeps (autocommit: no transaction, no pool checkout, no ping)."""
+        if self._reader is None:
+            self._reader = get_engine(self.db).connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            return bool(self._reader.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        except _DB_ERRORS:
+            self._close_reader()
+            raise
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(*_DB_ERRORS):
+                self._reader.close()
+            self._reader = None
 
     def _cancel_requested(self, session: Session) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))

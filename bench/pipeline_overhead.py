@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="micro-batch size (default: the backend's, 64)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes, for both pipelines")
     parser.add_argument(
-        "--chunk-size", type=int, default=64, help="items per chunk message (OVIS_BATCH_CHUNK_SIZE)"
+        "--chunk-size", type=int, default=256, help="items per chunk message (OVIS_BATCH_CHUNK_SIZE)"
     )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--read-threads", type=int, default=16)

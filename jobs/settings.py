@@ -61,8 +61,10 @@ class Settings(BaseSettings):
     #: killer would. Empty (the default) disables it.
     fake_crash_marker: str = ""
 
-    #: Items per Celery task; a chunk should take minutes, never hours.
-    chunk_size: int = Field(default=64, ge=1, le=10_000)
+    #: Items per Celery task; a chunk should take minutes, never hours. A chunk also bounds the micro-batch
+    #: and each chunk's start is not overlapped with the previous one, so fast work wants large chunks
+    #: (GPU captioning at micro-batches of 256-512: 2048).
+    chunk_size: int = Field(default=256, ge=1, le=10_000)
     #: How long a claimed item stays leased to its worker before the reconciler may hand it to another.
     lease_seconds: int = Field(default=600, ge=2)
     #: Broker redelivery of unacknowledged messages; above the longest chunk.

@@ -181,13 +181,6 @@ def export_job(settings: Settings, job_id: str, out: str | None, options: Export
     return write_file(out, f".{options.fmt}", lambda path: writer(rows(), path), settings.s3_options())
 
 
-def write_local(settings: Settings, job_id: str, path: str, fmt: str) -> int:
-    """Write a job's rows to a local file as JSONL or Parquet; return the number of rows."""
-    if fmt not in ("jsonl", "parquet"):
-        raise InvalidParameters(f"unknown results format {fmt!r}; choose jsonl or parquet")
-    return export_job(settings, job_id, path, ExportOptions(fmt=fmt))
-
-
 def write_results(settings: Settings, job_id: str, fmt: str = "jsonl") -> str:
     """Write a job's results next to its outputs (`{output_url}/{job_id}/results.{fmt}`); return the URL."""
     job = load_job(settings, job_id)

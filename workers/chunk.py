@@ -471,7 +471,10 @@ class ChunkRun:
     def _record(self, pending: _Pending) -> None:
         outputs: dict[int, str] = {}
         for seq, value in pending.outputs.items():
-            outputs[seq] = value if isinstance(value, str) else value.result()
+            try:
+                outputs[seq] = value if isinstance(value, str) else value.result()
+            except storage.StorageError as exc:  # refused for good (access, bucket): that item fails
+                pending.failures[seq] = (exc.error_code, f"writing the output failed: {exc}")
         started = time.perf_counter()
         with session_scope(self.db) as session:
             self.outcome.succeeded += record_successes(session, job_id=self.job_id, outputs=outputs)

@@ -141,3 +141,28 @@ def test_cancel_and_retry(tmp_path: Path) -> None:
         run_chunk(runner.runtime, chunk.kind, chunk.job_id, chunk.start, chunk.stop)
     report = runner.client.status(job_id)
     assert (report.status, report.succeeded, report.cancelled) == ("succeeded", 8, 0)
+
+
+def test_an_output_the_storage_refuses_fails_only_that_item(tmp_path: Path) -> None:
+    import storage
+
+    settings = embedded_settings(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\n")
+    runner = EmbeddedRunner(settings)
+    real_store = runner.runtime.store
+
+    class Refusing:
+        def __init__(self, inner: storage.Store) -> None:
+            self.inner = inner
+
+        def write(self, key: str, data: bytes, content_type: str = "") -> str:
+            if key.endswith("000002.png"):
+                raise storage.AccessDenied(f"access denied writing {key}")
+            return self.inner.write(key, data, content_type)
+
+    runner.runtime.store = lambda url: Refusing(real_store(url))  # type: ignore[method-assign,assignment,return-value]
+    report = runner.run(JobKind.GENERATE, str(prompts))
+    assert (report.status, report.succeeded, report.failed) == ("partial", 2, 1)
+    failed = [i for i in _items(settings, report.id) if i.status == "failed"]
+    assert [(i.key, i.error_code) for i in failed] == [("000002", "access_denied")]

@@ -121,6 +121,9 @@ class ChunkRun:
         # so the model never waits for a commit; `open` and `started` are only touched there or after _drain.
         self._records: list[Future[None]] = []
         self._reader: Connection | None = None
+        # Read once per chunk, not once per item (the roots' default looks up the working directory).
+        self.input_roots = self.settings.allowed_input_roots
+        self.s3 = self.settings.s3_options()
 
     # -- the whole chunk, top to bottom -------------------------------------------------------------------
     def run(self) -> ChunkOutcome:
@@ -355,10 +358,10 @@ class ChunkRun:
 
     def _load_image(self, url: str) -> Image.Image:
         # jobs.inputs reads plain objects and WebDataset tar members (`shard.tar#member@offset+size`).
-        if not input_allowed(url, self.settings.allowed_input_roots):
+        if not input_allowed(url, self.input_roots):
             raise errors.InputNotAllowed(f"{url} is outside the allowed input roots")
         try:
-            data = read_input(url, self.settings.s3_options())
+            data = read_input(url, self.s3)
         except storage.ObjectNotFound:
             raise errors.InputMissing(f"{url} does not exist") from None
         except storage.StorageUnavailable as exc:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
 from tests.plugins.services import free_port
 from tests.plugins.workers import BIN, Stack, WorkerProcess, wait_for
@@ -56,11 +55,7 @@ def _submit(stack: Stack, *args: str) -> str:
 
 
 def _job_rows(stack: Stack, sql: str, **params: object) -> list[dict[str, object]]:
-    engine = create_engine(stack.env["OVIS_BATCH_DATABASE_URL"])
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(sql), params)]
-    engine.dispose()
-    return rows
+    return stack.rows(sql, **params)
 
 
 def _prompts(path: Path, count: int) -> str:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.helpers import write_photos
 from tests.plugins.workers import Stack, WorkerProcess, wait_for
@@ -18,17 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def _items(stack: Stack, job_id: str) -> list[dict[str, Any]]:
-    engine = create_engine(stack.env["OVIS_BATCH_DATABASE_URL"])
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT key, status, output, attempts, finished_at FROM items WHERE job_id = :j ORDER BY seq"
-            ),
-            {"j": job_id},
-        )
-        result = [dict(row._mapping) for row in rows]
-    engine.dispose()
-    return result
+    sql = "SELECT key, status, output, attempts, finished_at FROM items WHERE job_id = :j ORDER BY seq"
+    return stack.rows(sql, j=job_id)
 
 
 def _count(stack: Stack, job_id: str, status: str) -> int:

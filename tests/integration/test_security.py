@@ -135,11 +135,7 @@ def test_a_source_that_is_not_storage_is_refused_with_what_is_accepted(stack: St
 
 
 def _job_count(stack: Stack) -> str:
-    engine = create_engine(stack.env["OVIS_BATCH_DATABASE_URL"])
-    with engine.connect() as conn:
-        count = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
-    engine.dispose()
-    return f"{count} jobs"
+    return f"{stack.rows('SELECT count(*) AS n FROM jobs')[0]['n']} jobs"
 
 
 # -- secrets -------------------------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 from PIL import Image
-from sqlalchemy import create_engine, text
 
 from tests.helpers import sample_photo
 from tests.plugins.workers import Stack, wait_for
@@ -39,18 +39,9 @@ def _wait_final(stack: Stack, job_id: str, timeout: float = 90) -> dict:  # type
     return _status(stack, job_id)
 
 
-def _items(stack: Stack, job_id: str) -> list[dict]:  # type: ignore[type-arg]
-    engine = create_engine(stack.env["OVIS_BATCH_DATABASE_URL"])
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT key, status, output, error_code, attempts FROM items WHERE job_id = :j ORDER BY seq"
-            ),
-            {"j": job_id},
-        )
-        result = [dict(r._mapping) for r in rows]
-    engine.dispose()
-    return result
+def _items(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    sql = "SELECT key, status, output, error_code, attempts FROM items WHERE job_id = :j ORDER BY seq"
+    return stack.rows(sql, j=job_id)
 
 
 def test_three_kinds_through_the_cli(stack: Stack, start_worker) -> None:  # type: ignore[no-untyped-def]

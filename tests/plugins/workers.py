@@ -26,6 +26,17 @@ class Stack:
     bucket: str
     home: Path
 
+    def rows(self, sql: str, **params: object) -> list[dict[str, Any]]:
+        """Rows of a SQL query on the stack's database, read independently of the project."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.env["OVIS_BATCH_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                return [dict(row._mapping) for row in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
     def s3(self) -> Any:
         """A boto3 client on the stack's S3 endpoint, for checking effects independently of the project."""
         import boto3

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
+from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest, Request
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ class Backend(ABC):
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run a tiny batch so that the first real batch does not pay for lazy initialisation."""
+
+    def prepare(self, request: Request) -> Request:
+        """CPU work on one request that can run ahead of the model, on the worker's I/O threads (resizing,
+        conversion to arrays, tokenizing): called from several threads at once, so it must be thread-safe,
+        and it must not raise for a request the batch methods accept. Default: nothing to do."""
+        return request
 
     @abstractmethod
     def caption(self, requests: list[CaptionRequest]) -> list[str]:

@@ -1,9 +1,12 @@
 """Fast paths for diffusion transformers: fused QKV projections, the fastest SDPA kernel for the shapes at
-hand, regional `torch.compile` of the repeated blocks, and a cache of conditions shared across items.
+hand, regional `torch.compile` of the repeated blocks, one CUDA graph per pass shape, and a cache of
+conditions shared across items.
 
 The DiT of a 1 MP image is compute-bound (thousands of tokens per pass), so batching items gains little; what
 pays is less work per kernel launch (fusion by Inductor), the best attention kernel (cuDNN or FlashAttention
-through PyTorch's SDPA: flash-attn itself is not needed) and no recomputation of what every item shares.
+through PyTorch's SDPA: flash-attn itself is not needed), no host in the loop (a pass launches hundreds of
+kernels, and launching them costs the CPU about as long as they take to run: replaying a captured graph
+launches them at once) and no recomputation of what every item shares.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import logging
 import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,121 @@ def compile_blocks(
         block.compile(mode=mode, dynamic=dynamic)
         count += 1
     return count
+
+
+def compile_vae(vae: Any) -> int:
+    """Compile a VAE's encoder and decoder in place (convolutions stay cuDNN's; Inductor fuses the group
+    norms and activations between them, most of a 1 MP decode's time). Shapes are specialised on first use
+    and made dynamic when a second size comes. Returns how many parts were compiled."""
+    count = 0
+    for name in ("encoder", "decoder"):
+        part = getattr(vae, name, None)
+        if isinstance(part, nn.Module):
+            part.compile(dynamic=None)
+            count += 1
+    return count
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[Any]
+    output: Any
+
+
+class GraphedCall:
+    """`fn` over CUDA tensors, replayed from one captured CUDA graph per input signature (shapes, dtypes and
+    the non-tensor arguments): the first call of a signature warms up and captures, later calls copy their
+    tensors into the graph's inputs, replay, and return a copy of the outputs (the next replay overwrites
+    the graph's own). A signature whose warm-up synchronises with the host or fails runs as plain calls
+    from then on (logged); so does every call off CUDA. `fn` must not change its behaviour between calls
+    with the same signature. At most `size` graphs are kept (least recently used dropped), all in one
+    memory pool: replays are sequential, so their intermediates can share it."""
+
+    def __init__(self, fn: Callable[..., Any], *, size: int = 64, warmup: int = 2, name: str = "") -> None:
+        if warmup < 1:
+            raise ValueError("warmup must be at least 1")
+        self.fn = fn
+        self.size = size
+        self.warmup = warmup
+        self.name = name or getattr(fn, "__qualname__", "call")
+        self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
+        self._refused: set[Hashable] = set()
+        self._pool: Any = None
+        self.captures = 0
+        self.replays = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        if not tensors or not all(t.is_cuda for t in tensors):
+            return self.fn(*args, **kwargs)
+        key = (
+            str(spec),
+            tuple(
+                (tuple(x.shape), x.dtype, x.device, x.stride()) if isinstance(x, torch.Tensor) else x
+                for x in leaves
+            ),
+        )
+        try:
+            captured = self._graphs.get(key)
+        except TypeError:  # an argument that cannot be part of a signature
+            return self.fn(*args, **kwargs)
+        if captured is None:
+            if key in self._refused:
+                return self.fn(*args, **kwargs)
+            captured = self._capture(key, leaves, spec)
+            if captured is None:
+                return self.fn(*args, **kwargs)
+        else:
+            self._graphs.move_to_end(key)
+            for static, leaf in zip(captured.inputs, leaves, strict=True):
+                if isinstance(static, torch.Tensor):
+                    static.copy_(leaf)
+        captured.graph.replay()
+        self.replays += 1
+        return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, captured.output)
+
+    def clear(self) -> None:
+        """Drop every graph (their memory returns to the pool)."""
+        self._graphs.clear()
+
+    def _call_without_syncs(self, args: Any, kwargs: Any) -> None:
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            self.fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+    def _capture(self, key: Hashable, leaves: list[Any], spec: Any) -> _Captured | None:
+        inputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        args, kwargs = pytree.tree_unflatten(inputs, spec)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(side):  # compilation, autotuning and lazy initialisation happen here
+                for _ in range(self.warmup - 1):
+                    self.fn(*args, **kwargs)
+                # The last warm-up refuses host syncs: a capture that fails half-way leaves CUDA's random
+                # generator marked as capturing, so a function that would sync is never captured.
+                self._call_without_syncs(args, kwargs)
+        except Exception as exc:
+            self._refused.add(key)
+            log.warning("%s: not captured in a CUDA graph (%s); running it plainly", self.name, exc)
+            return None
+        finally:
+            torch.cuda.current_stream().wait_stream(side)
+        while len(self._graphs) >= self.size:
+            self._graphs.popitem(last=False)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            output = self.fn(*args, **kwargs)
+        self.captures += 1
+        captured = self._graphs[key] = _Captured(graph, inputs, output)
+        return captured
 
 
 class ConditionCache(Generic[V]):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from gpu_model.base import Backend, BackendInfo, BackendOptions
 from gpu_model.errors import BackendError, BackendInvalidRequest, BackendLoadError
-from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
+from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest, Request
 
 if TYPE_CHECKING:
     from gpu_model.ovis_u1_pipeline import OvisU1Pipeline
@@ -209,6 +209,12 @@ class OvisU1Backend(Backend):
         self.edit(
             [EditRequest(image=square, instruction="make it red", steps=1, seed=0, img_cfg=1.5, txt_cfg=6.0)]
         )
+
+    def prepare(self, request: Request) -> Request:
+        """A caption's prompt tokenized and its image preprocessed ahead of the model, on an I/O thread."""
+        if isinstance(request, CaptionRequest) and self._pipeline is not None:
+            return self._pipeline.prepare_caption(request)
+        return request
 
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
         """Greedy rows in one generate() call, sampled rows one by one with their own seed."""

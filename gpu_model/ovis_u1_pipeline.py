@@ -8,17 +8,20 @@ padding, so a batched item would not reproduce its own seed.
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 
 from gpu_model.errors import BackendError, BackendOutOfMemory
 from gpu_model.fast_decode import GreedyDecoder, fuse_norms
-from gpu_model.fast_dit import compile_blocks
+from gpu_model.fast_dit import GraphedCall, compile_blocks, compile_vae
 from gpu_model.ovis_u1 import (
     BLANK_COLOR,
     EDIT_PREFIX,
@@ -51,6 +54,17 @@ def device_work(kind: str, size: int) -> Iterator[None]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise BackendOutOfMemory(f"CUDA out of memory on a {kind} micro-batch of {size}: {exc}") from exc
+
+
+log = logging.getLogger(__name__)
+
+
+class CaptionInputs(NamedTuple):
+    """One caption's model inputs, as the remote code's preprocess_inputs returns them."""
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor
+    grid_thws: torch.Tensor
 
 
 def _seed_everything(seed: int) -> None:
@@ -91,6 +105,8 @@ class OvisU1Pipeline:
         self.text_tokenizer = model.get_text_tokenizer()
         self.visual_tokenizer = model.get_visual_tokenizer()
         self._no_both: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+        #: The remote code's preprocessing shares one tokenizer: I/O threads take turns.
+        self._prepare_lock = threading.Lock()
         #: Greedy captions through a static KV cache and a captured CUDA graph per step (on CUDA by
         #: default), in place of the LLM's stock generate loop, which is bound by per-step host overhead.
         self.decoder: GreedyDecoder | None = None
@@ -103,8 +119,16 @@ class OvisU1Pipeline:
         #: On CUDA the generator's transformer blocks are compiled one by one ("regional" compilation: the
         #: repeated blocks share graphs), the part of generation and editing that is bound by kernels.
         self.compiled_blocks = 0
+        #: Each pass of the generator's backbone replayed from a CUDA graph per shape (on CUDA).
+        self.dit_graphs: GraphedCall | None = None
         if self.device.type == "cuda":
             self.compiled_blocks = compile_blocks(generator_blocks(model))
+            generator = getattr(model, "visual_generator", None)
+            compile_vae(getattr(generator, "vae", None))
+            backbone = getattr(generator, "backbone", None)
+            if isinstance(backbone, torch.nn.Module):
+                self.dit_graphs = GraphedCall(backbone.forward, name="Ovis-U1 DiT pass")
+                backbone.forward = self.dit_graphs
 
     # -- captions -------------------------------------------------------------------------------------
 
@@ -124,20 +148,34 @@ class OvisU1Pipeline:
                     captions[i] = self._caption_batch([request], sampling=sampling)[0]
         return captions
 
+    def prepare_caption(self, request: CaptionRequest) -> CaptionRequest:
+        """The request with its model inputs made ahead (on an I/O thread, off the model's); unchanged if
+        preprocessing fails, so that the batch reports the error for this item alone."""
+        try:
+            with self._prepare_lock:
+                inputs = self._caption_inputs(request)
+        except Exception:
+            log.debug("caption preprocessing failed ahead of the model", exc_info=True)
+            return request
+        return replace(request, prepared=inputs)
+
+    def _caption_inputs(self, request: CaptionRequest) -> CaptionInputs:
+        _, input_ids, pixel_values, grid_thws = self.model.preprocess_inputs(
+            UNDERSTANDING_PREFIX + request.prompt,
+            [_to_rgb(request.image)],
+            generation_preface="",
+            return_labels=False,
+            propagate_exception=False,
+            multimodal_type="single_image",
+            fix_sample_overall_length_navit=False,
+        )
+        return CaptionInputs(input_ids, pixel_values, grid_thws)
+
     def _caption_batch(self, requests: list[CaptionRequest], *, sampling: dict[str, Any]) -> list[str]:
         tok = self.text_tokenizer
-        rows = []
-        for request in requests:
-            _, input_ids, pixel_values, grid_thws = self.model.preprocess_inputs(
-                UNDERSTANDING_PREFIX + request.prompt,
-                [_to_rgb(request.image)],
-                generation_preface="",
-                return_labels=False,
-                propagate_exception=False,
-                multimodal_type="single_image",
-                fix_sample_overall_length_navit=False,
-            )
-            rows.append((input_ids, pixel_values, grid_thws))
+        rows = [
+            r.prepared if isinstance(r.prepared, CaptionInputs) else self._caption_inputs(r) for r in requests
+        ]
         # Left padding keeps every row's last prompt token at the end, where generation continues.
         length = max(len(ids) for ids, _, _ in rows)
         input_ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)

@@ -17,6 +17,8 @@ class CaptionRequest:
     #: Greedy decoding when 0; sampling temperature otherwise.
     temperature: float = 0.0
     seed: int = 0
+    #: The backend's own preprocessed form of `image` and `prompt` (see `Backend.prepare`), or None.
+    prepared: object | None = None
 
 
 @dataclass(frozen=True)
@@ -41,3 +43,7 @@ class EditRequest:
     seed: int
     img_cfg: float
     txt_cfg: float
+
+
+#: Any one request.
+Request = CaptionRequest | GenerateRequest | EditRequest

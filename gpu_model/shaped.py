@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,10 +28,18 @@ from torch import nn
 from gpu_model.base import Backend, BackendInfo, BackendOptions
 from gpu_model.errors import BackendLoadError
 from gpu_model.fast_decode import GreedyDecoder, fuse_norms
-from gpu_model.fast_dit import ConditionCache, compile_blocks, fuse_qkv, pick_sdpa_backend, sdpa_backend
+from gpu_model.fast_dit import (
+    ConditionCache,
+    GraphedCall,
+    compile_blocks,
+    compile_vae,
+    fuse_qkv,
+    pick_sdpa_backend,
+    sdpa_backend,
+)
 from gpu_model.ovis_u1_loading import resolve_device
 from gpu_model.ovis_u1_pipeline import device_work
-from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
+from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest, Request
 from gpu_model.shaped_models import FULL, TINY, ShapedConfig, ShapedDiT, VisualTokenizer, build_llm, build_vae
 from gpu_model.shaped_sampling import Pass, euler, image_ids, noise, pack, schedule, unpack
 from gpu_model.tiny_tokenizers import (
@@ -138,6 +146,8 @@ class ShapedBackend(Backend):
         self._tokens: dict[str, torch.Tensor] = {}
         self._parts: Parts | None = None
         self._decoder: GreedyDecoder | None = None
+        #: DiT passes replayed from CUDA graphs (fast path on CUDA); None: plain calls.
+        self.dit_graphs: GraphedCall | None = None
         self._info: BackendInfo | None = None
 
     # -- loading --------------------------------------------------------------------------------------
@@ -195,6 +205,8 @@ class ShapedBackend(Backend):
         shapes = [(1, cfg.dit_heads, 4096 + text, head_dim), (1, cfg.dit_heads, 2 * 3844 + text, head_dim)]
         self.attention, self.attention_timings = pick_sdpa_backend(shapes)
         compile_blocks([*dit.flux.transformer_blocks, *dit.flux.single_transformer_blocks])
+        self.dit_graphs = GraphedCall(dit, name="ovis-u1-shaped DiT pass")
+        compile_vae(self.parts.vae)
 
     @property
     def parts(self) -> Parts:
@@ -220,6 +232,12 @@ class ShapedBackend(Backend):
         self.edit([EditRequest(source, "make it red", 1, 0, e["img_cfg"], e["txt_cfg"])])
 
     # -- captions -------------------------------------------------------------------------------------
+    def prepare(self, request: Request) -> Request:
+        """A caption's image as the vision tower's uint8 array, made on an I/O thread."""
+        if isinstance(request, CaptionRequest) and self._parts is not None:
+            return replace(request, prepared=self._array(request.image))
+        return request
+
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
         """Greedy rows of the micro-batch decoded together; sampled rows one by one with their seed."""
         for r in requests:
@@ -249,7 +267,7 @@ class ShapedBackend(Backend):
     def _greedy_tokens(self, requests: list[CaptionRequest]) -> torch.Tensor:
         p = self.parts
         ids, mask = self._tokenize([self._prompt(r.prompt, answer=True) for r in requests])
-        embeds = self._embed(ids, self._pixels([r.image for r in requests]))
+        embeds = self._embed(ids, self._caption_pixels(requests))
         limits = [r.max_new_tokens for r in requests]
         pad = p.tokenizer.pad_token_id
         eos = p.llm.generation_config.eos_token_id
@@ -276,7 +294,7 @@ class ShapedBackend(Backend):
     def _caption_sampled(self, request: CaptionRequest) -> str:
         p = self.parts
         ids, mask = self._tokenize([self._prompt(request.prompt, answer=True)])
-        embeds = self._embed(ids, self._pixels([request.image]))
+        embeds = self._embed(ids, self._caption_pixels([request]))
         torch.manual_seed(request.seed)
         row = p.llm.generate(
             inputs_embeds=embeds,
@@ -339,15 +357,22 @@ class ShapedBackend(Backend):
             self._tokens[text] = cached
         return cached
 
-    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """Images at the vision tower's size, normalised to [-1, 1] on the device."""
+    def _array(self, image: Image.Image) -> np.ndarray:
+        """An image at the vision tower's size as a [side, side, 3] uint8 array."""
         side = self.parts.cfg.image_size
-        arrays = []
-        for image in images:
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            if rgb.size != (side, side):
-                rgb = rgb.resize((side, side), Image.Resampling.BICUBIC)
-            arrays.append(np.asarray(rgb))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if rgb.size != (side, side):
+            rgb = rgb.resize((side, side), Image.Resampling.BICUBIC)
+        return np.asarray(rgb)
+
+    def _caption_pixels(self, requests: list[CaptionRequest]) -> torch.Tensor:
+        """The requests' images (prepared on I/O threads where they were) for the vision tower."""
+        return self._pixels(
+            [r.prepared if isinstance(r.prepared, np.ndarray) else self._array(r.image) for r in requests]
+        )
+
+    def _pixels(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """[side, side, 3] uint8 arrays as one batch normalised to [-1, 1] on the device."""
         weight = self.parts.table.weight
         batch = torch.from_numpy(np.stack(arrays)).to(weight.device, non_blocking=True)
         return batch.permute(0, 3, 1, 2).to(weight.dtype) / 127.5 - 1.0
@@ -366,7 +391,7 @@ class ShapedBackend(Backend):
         p = self.parts
         ids, mask = self._tokenize([self._prompt(prompt, answer=False)])
         out = p.llm.model(
-            inputs_embeds=self._embed(ids, self._pixels([image])),
+            inputs_embeds=self._embed(ids, self._pixels([self._array(image)])),
             attention_mask=mask,
             output_hidden_states=True,
             use_cache=False,
@@ -389,7 +414,9 @@ class ShapedBackend(Backend):
         return Pass(condition.text, condition.pooled, rope, source)
 
     def _velocity(self, image: torch.Tensor, p: Pass, t: torch.Tensor) -> torch.Tensor:
-        return self.parts.dit(image, p.text, p.pooled, t, p.rope)
+        dit = self.dit_graphs or self.parts.dit
+        velocity: torch.Tensor = dit(image, p.text, p.pooled, t, p.rope)
+        return velocity
 
     def _sample(self, x: torch.Tensor, passes: list[Pass], combine: Any, steps: int) -> torch.Tensor:
         with sdpa_backend(self.attention if self.fast else None):

@@ -139,6 +139,26 @@ def test_batched_captions_equal_batch_of_one(standin_dir: Path, tmp_path: Path) 
     alone = [backend.caption([r])[0] for r in requests]
     assert batched == alone
     assert len(set(alone)) > 1  # the rows are not all the same text
+    # Prepared ahead (the worker's I/O threads): the same inputs, the same captions.
+    from gpu_model.ovis_u1_pipeline import CaptionInputs
+
+    prepared = [backend.prepare(r) for r in requests]
+    assert all(isinstance(p.prepared, CaptionInputs) for p in prepared)  # type: ignore[union-attr]
+    assert backend.caption(prepared) == batched  # type: ignore[arg-type]
+
+
+def test_a_caption_that_cannot_be_prepared_ahead_is_left_to_the_batch(
+    backend: OvisU1Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = CaptionRequest(image=Image.new("RGB", (80, 60), RED), prompt="What is it?", max_new_tokens=2)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("cannot preprocess")
+
+    monkeypatch.setattr(backend.model, "preprocess_inputs", broken)
+    assert backend.prepare(request) is request
+    generate = GenerateRequest(prompt="a cat", width=64, height=64, steps=1, seed=0, txt_cfg=5.0)
+    assert backend.prepare(generate) is generate
 
 
 def test_sampled_captions_follow_their_seed(backend: OvisU1Backend) -> None:
@@ -345,6 +365,24 @@ def test_fast_greedy_decoder_gives_the_official_captions(standin_dir: Path, tmp_
     assert fast.caption(requests) == official
     assert used == [3]  # one batched decode for the three captions
     assert "generate" not in vars(backend.model.llm)  # the LLM's own generate is back
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_generator_passes_from_cuda_graphs_equal_plain_passes(standin_dir: Path, tmp_path: Path) -> None:
+    backend = _loaded(BackendOptions(model_path=str(standin_dir), device="cuda"), tmp_path)
+    pipeline = backend._pipeline
+    assert pipeline is not None and pipeline.dit_graphs is not None
+    requests: list[Any] = [
+        GenerateRequest(prompt="a red cat", width=64, height=64, steps=3, seed=7, txt_cfg=5.0),
+        EditRequest(Image.new("RGB", (64, 64), RED), "make it blue", 3, seed=2, img_cfg=1.5, txt_cfg=6.0),
+    ]
+    graphed = [backend.generate(requests[:1])[0], backend.edit(requests[1:])[0]]
+    assert pipeline.dit_graphs.replays > 0, vars(pipeline.dit_graphs)
+    del backend.model.visual_generator.backbone.forward  # the module's own forward again
+    plain = [backend.generate(requests[:1])[0], backend.edit(requests[1:])[0]]
+    diffs = [int(np.abs(_pixels(a) - _pixels(b)).max()) for a, b in zip(graphed, plain, strict=True)]
+    # The same kernels; cuBLAS may pick another algorithm inside a capture: bf16 rounding apart at most.
+    assert max(diffs) <= 8, diffs
 
 
 def test_generator_blocks_are_the_backbones_repeated_blocks(backend: OvisU1Backend) -> None:

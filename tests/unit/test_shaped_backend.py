@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from gpu_model import BackendOptions, CaptionRequest, EditRequest, GenerateRequest, create_backend
@@ -82,3 +83,43 @@ def test_full_size_stand_in_costs_what_the_real_model_costs() -> None:
         assert census["params_stand_in"][part] == pytest.approx(reference, rel=0.02), part
     for part, real in census["flops_real"].items():
         assert census["flops_stand_in"][part] == pytest.approx(real, rel=0.01), part
+
+
+def test_captions_prepared_ahead_equal_those_prepared_in_the_batch(backend: ShapedBackend) -> None:
+    requests = [
+        CaptionRequest(_photo(70, 50, 30), "What is in it?", max_new_tokens=6),
+        CaptionRequest(_photo(56, 56, 160).convert("L"), "What is in it?", max_new_tokens=6),
+    ]
+    prepared = [backend.prepare(r) for r in requests]
+    side = backend.parts.cfg.image_size
+    assert all(p.prepared is not None and p.prepared.shape == (side, side, 3) for p in prepared)  # type: ignore[union-attr]
+    assert backend.caption(prepared) == backend.caption(requests)
+    edit = EditRequest(_photo(64, 64, 9), "make it red", steps=1, seed=0, img_cfg=1.5, txt_cfg=6.0)
+    assert backend.prepare(edit) is edit
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_dit_passes_from_cuda_graphs_equal_plain_passes() -> None:
+    gpu = ShapedBackend(BackendOptions(device="cuda"), scale="tiny")
+    gpu.load()
+    assert gpu.dit_graphs is not None
+    requests = [
+        GenerateRequest("a red fox", 64, 64, steps=3, seed=7, txt_cfg=5.0),
+        EditRequest(_photo(64, 64, 90), "make it red", steps=3, seed=3, img_cfg=1.5, txt_cfg=6.0),
+    ]
+    graphed = [gpu.generate([requests[0]])[0], gpu.edit([requests[1]])[0]]  # type: ignore[list-item]
+    # Signatures: the prompt's pass, the shared unconditional one, the edit's passes with the source latents.
+    assert gpu.dit_graphs.captures >= 3 and gpu.dit_graphs.replays > 0
+    assert not gpu.dit_graphs._refused
+    gpu.dit_graphs = None
+    plain = [gpu.generate([requests[0]])[0], gpu.edit([requests[1]])[0]]  # type: ignore[list-item]
+    # Replays run the same kernels; cuBLAS may pick another algorithm inside a capture (its own workspace),
+    # which moves bf16 results by rounding only.
+    diffs = [_max_diff(a, b) for a, b in zip(graphed, plain, strict=True)]
+    assert max(diffs) <= 8, diffs
+
+
+def _max_diff(a: Image.Image, b: Image.Image) -> int:
+    import numpy as np
+
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     io_threads: int = Field(default=8, ge=1, le=256)
     #: Processes of a CPU worker (prefork); GPU workers always run one process per GPU.
     concurrency: int = Field(default=1, ge=1, le=256)
+    #: Each process of a prefork worker runs on its own share of the cores (see workers/affinity.py).
+    pin_cpus: bool = True
     #: Queue name prefix: a job's chunks go to `{queue}.{kind}`.
     queue: str = "ovis"
     #: Queues a worker consumes; empty means every kind's (dedicate a worker with e.g. "ovis.caption").

@@ -6,13 +6,32 @@ it may move an item out of, and counters change by the number of rows that actua
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, bindparam, case, or_, select, true, update
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    CursorResult,
+    Integer,
+    Table,
+    Update,
+    and_,
+    any_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from jobs.errors import POISONED
 from jobs.lifecycle import ItemStatus, JobStatus, check_transition
@@ -28,6 +47,111 @@ _COUNTER = {
 
 
 _ITEMS = cast(Table, Item.__table__)
+_C = _ITEMS.c
+_JOBS = cast(Table, Job.__table__)
+_J = _JOBS.c
+
+# The statements a worker runs for every chunk and micro-batch are built once, with bound parameters: building
+# and cache-keying a statement costs the worker more than the database's work to run it.
+_RUNNING, _QUEUED = ItemStatus.RUNNING.value, ItemStatus.QUEUED.value
+_IN_RANGE = and_(_C.job_id == bindparam("job"), _C.seq >= bindparam("start"), _C.seq < bindparam("stop"))
+_EXPIRED = and_(_C.status == _RUNNING, _C.lease_until < bindparam("t"))
+_POISON: dict[str, Any] = {
+    "status": ItemStatus.FAILED.value,
+    "error_code": POISONED,
+    "finished_at": bindparam("t"),
+    "lease_until": None,
+    "error_message": bindparam("message"),
+}
+_POISON_QUEUED = (
+    update(_ITEMS)
+    .where(_IN_RANGE, _C.status == _QUEUED, _C.attempts >= bindparam("max_attempts"))
+    .values(_POISON)
+)
+_POISON_EXPIRED = (
+    update(_ITEMS).where(_IN_RANGE, _EXPIRED, _C.attempts >= bindparam("max_attempts")).values(_POISON)
+)
+_CLAIM = {
+    "status": _RUNNING,
+    "lease_until": bindparam("b_lease_until"),
+    "worker": bindparam("b_worker"),
+    "started_at": bindparam("t"),
+}
+_CLAIMED = (_C.seq, _C.key, _C.source, _C.text, _C.params, _C.attempts)
+_CLAIM_EXPIRED = update(_ITEMS).where(_IN_RANGE, _EXPIRED).values(_CLAIM).returning(*_CLAIMED)
+_CLAIM_QUEUED = update(_ITEMS).where(_IN_RANGE, _C.status == _QUEUED).values(_CLAIM).returning(*_CLAIMED)
+# Queued items never tried, below a seq: the worker starts them at once, so their attempt is counted here.
+_CLAIM_STARTING = (
+    update(_ITEMS)
+    .where(_IN_RANGE, _C.status == _QUEUED, _C.attempts == 0, _C.seq < bindparam("starting_below"))
+    .values(_CLAIM)
+    .values(attempts=1)
+    .returning(*_CLAIMED)
+)
+_START_JOB = (
+    update(_JOBS)
+    .where(_J.id == bindparam("job"), _J.status == JobStatus.QUEUED.value)
+    .values(status=JobStatus.RUNNING.value, started_at=bindparam("t"))
+)
+_LEASED_ELSEWHERE = (
+    select(_C.seq).where(_IN_RANGE, _C.status == _RUNNING, _C.worker != bindparam("b_worker")).limit(1)
+)
+_RUNNING_OF_JOB = (_C.job_id == bindparam("b_job"), _C.status == _RUNNING)
+_SUCCEEDED: dict[str, Any] = {
+    "status": ItemStatus.SUCCEEDED.value,
+    "finished_at": bindparam("b_t"),
+    "lease_until": None,
+    "error_code": None,
+    "error_message": None,
+}
+# One JSON object {seq: output}: one parameter for the driver to pass (arrays are escaped item by item).
+_OUTPUTS = (
+    func.json_each_text(bindparam("b_outputs", type_=JSON))
+    .table_valued("key", "value")
+    .render_derived(name="v")
+)
+#: PostgreSQL: a micro-batch's outputs in one UPDATE joined to the seqs and outputs of the JSON object.
+_RECORD_SUCCESSES = (
+    update(_ITEMS)
+    .where(*_RUNNING_OF_JOB, _C.seq == _OUTPUTS.c.key.cast(Integer))
+    .values(output=_OUTPUTS.c.value, **_SUCCEEDED)
+)
+#: Elsewhere: one UPDATE per output (executemany).
+_RECORD_SUCCESS = (
+    update(_ITEMS)
+    .where(*_RUNNING_OF_JOB, _C.seq == bindparam("b_seq"))
+    .values(output=bindparam("b_output"), **_SUCCEEDED)
+)
+_RECORD_FAILURE = (
+    update(_ITEMS)
+    .where(*_RUNNING_OF_JOB, _C.seq == bindparam("b_seq"))
+    .values(
+        status=ItemStatus.FAILED.value,
+        error_code=bindparam("b_code"),
+        error_message=bindparam("b_message"),
+        finished_at=bindparam("b_t"),
+        lease_until=None,
+    )
+)
+_FINALIZE = (
+    update(_JOBS)
+    .where(
+        _J.id == bindparam("job"),
+        _J.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        _J.n_succeeded + _J.n_failed + _J.n_cancelled >= _J.total,
+    )
+    .values(
+        status=case(
+            (_J.cancel_requested.is_(True), JobStatus.CANCELLED.value),
+            (_J.n_failed == 0, JobStatus.SUCCEEDED.value),
+            (_J.n_succeeded == 0, JobStatus.FAILED.value),
+            else_=JobStatus.PARTIAL.value,
+        ),
+        finished_at=bindparam("t"),
+    )
+    .returning(_J.status)
+)
+_CANCEL_REQUESTED = select(_J.cancel_requested).where(_J.id == bindparam("job"))
 
 
 def _rowcount(result: object) -> int:
@@ -50,20 +174,21 @@ class ClaimedItem:
     params: dict[str, Any] | None
     #: Attempts started before this claim; above 0, an earlier one ended without a result (its worker died).
     attempts: int
+    #: Whether the claim already counted this run's attempt (see `claim_items`).
+    counted: bool = False
+
+
+@functools.cache
+def _counters_move(source: ItemStatus, target: ItemStatus) -> Update:
+    src, dst = _J[_COUNTER[source]], _J[_COUNTER[target]]
+    count = bindparam("count", type_=Integer)
+    return update(_JOBS).where(_J.id == bindparam("job")).values({src: src - count, dst: dst + count})
 
 
 def _move_counters(session: Session, job_id: str, source: ItemStatus, target: ItemStatus, count: int) -> None:
     if count == 0 or source == target:
         return
-    src, dst = _COUNTER[source], _COUNTER[target]
-    job = Job.__table__.c
-    session.execute(
-        update(Job).where(Job.id == job_id).values({src: job[src] - count, dst: job[dst] + count})
-    )
-
-
-def _range(job_id: str, start: int, stop: int) -> Any:
-    return and_(Item.job_id == job_id, Item.seq >= start, Item.seq < stop)
+    session.execute(_counters_move(source, target), {"job": job_id, "count": count})
 
 
 def transition(
@@ -97,122 +222,108 @@ def claim_items(
     worker: str,
     lease_seconds: int,
     max_attempts: int,
+    starting_below: int = 0,
+    job_queued: bool = True,
 ) -> tuple[list[ClaimedItem], bool]:
     """Claim the runnable items of a seq range for `worker`.
 
     Runnable: queued, or running with an expired lease (its worker died). Items already tried
-    `max_attempts` times are quarantined as poisoned instead. A claim does not count an attempt:
-    `start_attempts` does, for the items a worker actually starts, so that the neighbours of an item that
-    kills its worker are not quarantined with it. Returns the claimed items and whether items of the range are
-    still leased by another worker.
+    `max_attempts` times are quarantined as poisoned instead. Attempts are counted for the items a worker
+    actually starts, so that the neighbours of an item that kills its worker are not quarantined with it: the
+    claim counts them only for the queued, never tried items below seq `starting_below` (those the worker
+    starts at once; `ClaimedItem.counted`), and `checkpoint_items` for the others when their turn comes.
+    Returns the claimed items and whether items of the range are still leased by another worker. The job is
+    marked running unless the caller saw it was no longer queued (`job_queued`).
     """
     t = now()
-    runnable_running = and_(Item.status == ItemStatus.RUNNING.value, Item.lease_until < t)
-    in_range = _range(job_id, start, stop)
-    for source in (ItemStatus.QUEUED, ItemStatus.RUNNING):
-        extra = Item.lease_until < t if source is ItemStatus.RUNNING else true()
-        transition(
-            session,
-            job_id=job_id,
-            where=and_(in_range, extra, Item.attempts >= max_attempts),
-            source=source,
-            target=ItemStatus.FAILED,
-            values={
-                "error_code": POISONED,
-                "finished_at": t,
-                "lease_until": None,
-                "error_message": f"gave up after {max_attempts} attempts: the item stopped its worker "
-                "or failed every time it ran",
-            },
-        )
-    claim_values = {
-        "lease_until": t + timedelta(seconds=lease_seconds),
-        "worker": worker,
-        "started_at": t,
-    }
-    rows: list[Any] = []
-    for source, extra in ((ItemStatus.RUNNING, runnable_running), (ItemStatus.QUEUED, true())):
-        stmt = (
-            update(Item)
-            .where(in_range, Item.status == source.value, extra)
-            .values(status=ItemStatus.RUNNING.value, **claim_values)
-            .returning(Item.seq, Item.key, Item.source, Item.text, Item.params, Item.attempts)
-            .execution_options(synchronize_session=False)
-        )
-        got = list(session.execute(stmt))
-        _move_counters(session, job_id, source, ItemStatus.RUNNING, len(got))
-        rows.extend(got)
-    if rows:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.RUNNING.value, started_at=t)
-        )
-    leased = session.scalar(
-        select(Item.seq)
-        .where(in_range, Item.status == ItemStatus.RUNNING.value, Item.worker != worker)
-        .limit(1)
+    where = {"job": job_id, "start": start, "stop": stop, "t": t}
+    message = (
+        f"gave up after {max_attempts} attempts: the item stopped its worker or failed every time it ran"
     )
-    items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.seq)
-    return items, leased is not None
+    poison = {**where, "max_attempts": max_attempts, "message": message}
+    for source, stmt in ((ItemStatus.QUEUED, _POISON_QUEUED), (ItemStatus.RUNNING, _POISON_EXPIRED)):
+        check_transition(source, ItemStatus.FAILED)
+        _move_counters(session, job_id, source, ItemStatus.FAILED, _rowcount(session.execute(stmt, poison)))
+    claim = {**where, "b_worker": worker, "b_lease_until": t + timedelta(seconds=lease_seconds)}
+    # Expired items stay running: no counter moves for them.
+    items = [ClaimedItem(*row) for row in session.execute(_CLAIM_EXPIRED, claim).all()]
+    expired = len(items)
+    if start < starting_below:
+        rows = session.execute(_CLAIM_STARTING, {**claim, "starting_below": starting_below}).all()
+        items += [
+            ClaimedItem(row.seq, row.key, row.source, row.text, row.params, attempts=0, counted=True)
+            for row in rows
+        ]
+    items += [ClaimedItem(*row) for row in session.execute(_CLAIM_QUEUED, claim).all()]
+    _move_counters(session, job_id, ItemStatus.QUEUED, ItemStatus.RUNNING, len(items) - expired)
+    if items and job_queued:
+        session.execute(_START_JOB, {"job": job_id, "t": t})
+    leased = False
+    if len(items) < stop - start:  # with every seq of the range claimed here, none is leased elsewhere
+        leased = session.scalar(_LEASED_ELSEWHERE, {**where, "b_worker": worker}) is not None
+    return sorted(items, key=lambda item: item.seq), leased
 
 
-def _update_held(
-    session: Session, *, job_id: str, seqs: Sequence[int], worker: str, values: dict[str, Any]
+def _seq_in(name: str, postgresql: bool) -> ColumnElement[bool]:
+    """`seq` in a list bound as `name`: one array parameter on PostgreSQL, a parameter per seq elsewhere."""
+    if postgresql:
+        return _C.seq == any_(bindparam(name, type_=ARRAY(Integer)))
+    return _C.seq.in_(bindparam(name, expanding=True))
+
+
+@functools.cache
+def _checkpoint_statement(postgresql: bool, renew: bool) -> Update:
+    # Items this worker still runs: a late worker whose items were handed to another changes nothing.
+    held = update(_ITEMS).where(
+        _C.job_id == bindparam("job"),
+        _seq_in("seqs", postgresql),
+        _C.status == _RUNNING,
+        _C.worker == bindparam("b_worker"),
+    )
+    if not renew:
+        return held.values(attempts=_C.attempts + 1)
+    starting = case((_seq_in("starting", postgresql), 1), else_=0)
+    return held.values(lease_until=bindparam("b_lease_until"), attempts=_C.attempts + starting)
+
+
+def checkpoint_items(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    starting: Collection[int],
+    renewing: Collection[int] = (),
+    lease_seconds: int = 0,
 ) -> None:
-    # Only items this worker still runs: a late worker whose items were handed to another changes nothing.
-    if not seqs:
+    """Count one attempt for the items in `starting` and extend the lease of those in `renewing`: one UPDATE
+    of the items this worker still runs.
+
+    Attempts are committed before the work begins, so that an attempt which kills the worker still counts.
+    """
+    if not starting and not renewing:
         return
-    session.execute(
-        update(Item)
-        .where(
-            Item.job_id == job_id,
-            Item.seq.in_(seqs),
-            Item.status == ItemStatus.RUNNING.value,
-            Item.worker == worker,
-        )
-        .values(values)
-        .execution_options(synchronize_session=False)
-    )
+    params: dict[str, Any] = {"job": job_id, "b_worker": worker, "seqs": sorted({*starting, *renewing})}
+    if renewing:
+        params |= {"starting": sorted(starting), "b_lease_until": now() + timedelta(seconds=lease_seconds)}
+    statement = _checkpoint_statement(_is_postgresql(session), bool(renewing))
+    session.execute(statement, params)
 
 
-def renew_lease(
-    session: Session, *, job_id: str, seqs: Sequence[int], worker: str, lease_seconds: int
-) -> None:
-    """Extend the lease of items this worker is still running."""
-    lease_until = now() + timedelta(seconds=lease_seconds)
-    _update_held(session, job_id=job_id, seqs=seqs, worker=worker, values={"lease_until": lease_until})
-
-
-def start_attempts(session: Session, *, job_id: str, seqs: Sequence[int], worker: str) -> None:
-    """Count one attempt for items this worker starts to fetch and run; committed before the work begins, so
-    that an attempt which kills the worker still counts."""
-    _update_held(session, job_id=job_id, seqs=seqs, worker=worker, values={"attempts": Item.attempts + 1})
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def record_successes(session: Session, *, job_id: str, outputs: dict[int, str]) -> int:
     """Record outputs of running items (seq -> caption or URL); return how many were recorded."""
     if not outputs:
         return 0
-    stmt = (
-        update(_ITEMS)
-        .where(
-            Item.job_id == bindparam("b_job"),
-            Item.seq == bindparam("b_seq"),
-            Item.status == ItemStatus.RUNNING.value,
-        )
-        .values(
-            status=ItemStatus.SUCCEEDED.value,
-            output=bindparam("b_output"),
-            finished_at=bindparam("b_t"),
-            lease_until=None,
-            error_code=None,
-            error_message=None,
-        )
-    )
     t = now()
-    rows = [{"b_job": job_id, "b_seq": seq, "b_output": out, "b_t": t} for seq, out in outputs.items()]
-    moved = _rowcount(session.execute(stmt, rows))
+    if _is_postgresql(session):
+        result = session.execute(_RECORD_SUCCESSES, {"b_job": job_id, "b_t": t, "b_outputs": outputs})
+    else:
+        rows = [{"b_job": job_id, "b_seq": seq, "b_output": out, "b_t": t} for seq, out in outputs.items()]
+        result = session.execute(_RECORD_SUCCESS, rows)
+    moved = _rowcount(result)
     _move_counters(session, job_id, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, moved)
     return moved
 
@@ -221,29 +332,19 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
     """Record failed running items (seq -> (error_code, message)); return how many were recorded."""
     if not failures:
         return 0
-    stmt = (
-        update(_ITEMS)
-        .where(
-            Item.job_id == bindparam("b_job"),
-            Item.seq == bindparam("b_seq"),
-            Item.status == ItemStatus.RUNNING.value,
-        )
-        .values(
-            status=ItemStatus.FAILED.value,
-            error_code=bindparam("b_code"),
-            error_message=bindparam("b_message"),
-            finished_at=bindparam("b_t"),
-            lease_until=None,
-        )
-    )
     t = now()
     rows = [
         {"b_job": job_id, "b_seq": seq, "b_code": code, "b_message": message[:2000], "b_t": t}
         for seq, (code, message) in failures.items()
     ]
-    moved = _rowcount(session.execute(stmt, rows))
+    moved = _rowcount(session.execute(_RECORD_FAILURE, rows))
     _move_counters(session, job_id, ItemStatus.RUNNING, ItemStatus.FAILED, moved)
     return moved
+
+
+def cancel_requested(connection: Session | Connection, *, job_id: str) -> bool:
+    """The job's cancel flag."""
+    return bool(connection.scalar(_CANCEL_REQUESTED, {"job": job_id}))
 
 
 def release_items(
@@ -297,25 +398,7 @@ def cancel_items(session: Session, *, job_id: str, seqs: Sequence[int] | None = 
 
 def finalize_job(session: Session, *, job_id: str) -> JobStatus | None:
     """Mark the job final if every item has ended; return its final status if this call made it final."""
-    ended = Job.n_succeeded + Job.n_failed + Job.n_cancelled
-    final_status = case(
-        (Job.cancel_requested.is_(True), JobStatus.CANCELLED.value),
-        (Job.n_failed == 0, JobStatus.SUCCEEDED.value),
-        (Job.n_succeeded == 0, JobStatus.FAILED.value),
-        else_=JobStatus.PARTIAL.value,
-    )
-    stmt = (
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            ended >= Job.total,
-        )
-        .values(status=final_status, finished_at=now())
-        .returning(Job.status)
-        .execution_options(synchronize_session=False)
-    )
-    status = session.scalar(stmt)
+    status = session.scalar(_FINALIZE, {"job": job_id, "t": now()})
     return JobStatus(status) if status else None
 
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice, repeat
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Items per insert transaction: large enough for bulk speed, small enough for flat memory.
 INSERT_BATCH = 10_000
+#: Items of the first batch written on their own (whole chunks, at least one), so that workers start while the
+#: rest of the source is read.
+FIRST_BATCH = 1_000
 #: Batches written at once, each on its own database connection.
 WRITERS = 2
 #: Per-item parameters a manifest may set, per kind (the rest are job-wide).
@@ -172,9 +175,11 @@ class _BatchWriter:
             send_chunks(self.dispatcher, self.kind, self.job_id, ranges, self.priority)
 
 
-def _batches(items: Iterable[ItemSpec], size: int) -> Iterator[list[ItemSpec]]:
+def _batches(items: Iterable[ItemSpec], first: int, size: int) -> Iterator[list[ItemSpec]]:
+    # The first batch of `size` goes in two parts, `first` items and the rest: the same boundaries after it.
+    sizes = chain((first, size - first) if first < size else (), repeat(size))
     iterator = iter(items)
-    while batch := list(islice(iterator, size)):
+    while batch := list(islice(iterator, next(sizes))):
         yield batch
 
 
@@ -233,11 +238,12 @@ def submit_job(
     check = ItemChecker(kind, settings)
     # Batches hold whole chunks, so that no chunk spans two batches that commit independently.
     batch_size = max(1, INSERT_BATCH // settings.chunk_size) * settings.chunk_size
+    first_size = min(batch_size, max(1, FIRST_BATCH // settings.chunk_size) * settings.chunk_size)
     try:
         with ThreadPoolExecutor(WRITERS, thread_name_prefix="ovis-submit") as pool:
             pending: deque[Future[None]] = deque()
             first = 0
-            for batch in _batches(items, batch_size):
+            for batch in _batches(items, first_size, batch_size):
                 checked = [check(spec) for spec in batch]
                 if len(pending) == WRITERS:
                     pending.popleft().result()

@@ -17,6 +17,8 @@ from storage.errors import AccessDenied, ObjectNotFound, StorageError
 # a reader never sees a half-written object.
 _TMP_PREFIX = "."
 _TMP_SUFFIX = ".ovis-tmp"
+#: Bytes asked for per read of a local file.
+_READ_SIZE = 64 * 1024
 
 
 class LocalStore(Store):
@@ -88,30 +90,49 @@ class LocalStore(Store):
 def read_file(path: str) -> bytes:
     """Read one local file, wrapping OSError into the package's errors."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return _read_to_end(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise _wrap_os_error(exc, path) from exc
+
+
+def _read_to_end(fd: int) -> bytes:
+    # Plain reads on the descriptor, no file object: one read for a small file, and one that sees its end.
+    chunks = []
+    while chunk := os.read(fd, _READ_SIZE):
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _walk(directory: str, rel: str, prefix: str) -> Iterator[str]:
     try:
         with os.scandir(directory) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            entries = [(e.name, e.is_dir(follow_symlinks=False), e) for e in it]
     except (FileNotFoundError, NotADirectoryError):
         return  # an empty listing, as S3 gives for a prefix with no objects
     except OSError as exc:
         raise _wrap_os_error(exc, directory) from exc
     # A directory sorts as "name/": S3 lists keys in byte order, where "a-b" comes before "a/b".
     entries.sort(key=lambda entry: entry[0] + "/" if entry[1] else entry[0])
-    for name, is_dir in entries:
+    for name, is_dir, entry in entries:
         key = rel + name
         if is_dir:
             # Descend only where the prefix and this subtree can overlap.
             if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
                 yield from _walk(os.path.join(directory, name), key + "/", prefix)
-        elif key.startswith(prefix) and not _is_tmp(name) and os.path.isfile(os.path.join(directory, name)):
+        elif key.startswith(prefix) and not _is_tmp(name) and _is_file(entry):
             yield key
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    # A regular file or a symlink to one, as os.path.isfile says, from the listing's file type (no stat).
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _is_tmp(name: str) -> bool:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from billiard.process import current_process
 from celery import signals
+from PIL import Image
 
 from jobs.broker import make_celery
-from jobs.db import dispose_engines, ensure_schema
+from jobs.db import dispose_engines, ensure_schema, get_engine
 from jobs.settings import get_settings
+from workers.affinity import pin_pool_process
 
 log = logging.getLogger(__name__)
 
 app = make_celery(get_settings(), include=["workers.tasks"])
+
+#: Processes of this worker's prefork pool, learnt before the pool forks (0: not a prefork worker).
+_pool: dict[str, int] = {"processes": 0}
 
 
 def _load_model() -> None:
@@ -32,7 +38,13 @@ def _load_model() -> None:
 
 
 @signals.worker_init.connect
-def _load_in_solo_worker(sender: Any = None, **_: Any) -> None:
+def _init_worker(sender: Any = None, **_: Any) -> None:
+    # The database driver and the image plugins are imported here, once, before a prefork pool forks: not by
+    # every child on its first chunk.
+    get_engine(get_settings().resolved_database_url)
+    Image.preinit()
+    concurrency = getattr(sender, "concurrency", 0)
+    _pool["processes"] = concurrency if isinstance(concurrency, int) else 0
     # solo and threads pools run tasks in this process: load before the consumer starts.
     pool = str(getattr(sender, "pool_cls", "")).lower()
     if "solo" in pool or "thread" in pool:
@@ -43,6 +55,8 @@ def _load_in_solo_worker(sender: Any = None, **_: Any) -> None:
 def _load_in_child(**_: Any) -> None:
     # prefork: each child loads its own model after the fork; nothing CUDA happened in the parent.
     dispose_engines()
+    if get_settings().pin_cpus:
+        pin_pool_process(getattr(current_process(), "index", 0), _pool["processes"])
     _load_model()
 
 

@@ -12,13 +12,13 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -34,13 +34,13 @@ from jobs.params import item_seed, resolve
 from jobs.state import (
     ClaimedItem,
     cancel_items,
+    cancel_requested,
+    checkpoint_items,
     claim_items,
     finalize_job,
     record_failures,
     record_successes,
     release_items,
-    renew_lease,
-    start_attempts,
 )
 from workers.images import decode_image, encode_png
 from workers.runtime import WorkerRuntime
@@ -64,6 +64,20 @@ class ChunkOutcome:
     failed: int = 0
     cancelled: int = 0
     final_status: JobStatus | None = None
+    #: Where the chunk's time went on the thread that drives the model: in the backend, waiting for inputs
+    #: to be fetched and decoded, and waiting for the attempts of the next items to be committed. A model
+    #: that waits is a worker short of I/O threads or of database speed.
+    wall_s: float = 0.0
+    model_s: float = 0.0
+    input_wait_s: float = 0.0
+    bookkeeping_wait_s: float = 0.0
+
+    def timings(self) -> dict[str, float]:
+        """The time fields, rounded, for logs and task results."""
+        return {
+            name: round(getattr(self, name), 3)
+            for name in ("wall_s", "model_s", "input_wait_s", "bookkeeping_wait_s")
+        }
 
 
 @dataclass
@@ -88,6 +102,14 @@ def output_key(job_id: str, key: str, ext: str) -> str:
         safe = f"{safe[:150]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     return f"{job_id}/{safe}.{ext}"
 
+
+#: Leases are renewed before a micro-batch once this share of `lease_seconds` has passed since they were set.
+LEASE_RENEW_SHARE = 0.1
+
+_JOBS = cast(Table, Job.__table__)
+_JOB_OF_CHUNK = select(_JOBS.c.params, _JOBS.c.output_url, _JOBS.c.cancel_requested, _JOBS.c.status).where(
+    _JOBS.c.id == bindparam("job")
+)
 
 #: What the database driver raises when the server is gone or the connection broke.
 _DB_ERRORS = (OperationalError, DBAPIError)
@@ -121,17 +143,41 @@ class ChunkRun:
         # so the model never waits for a commit; `open` and `started` are only touched there or after _drain.
         self._records: list[Future[None]] = []
         self._reader: Connection | None = None
+        self._writer: Connection | None = None
+        #: When the leases of the claimed items were last set (monotonic clock).
+        self._leased_at = 0.0
+        #: Backend defaults and job parameters, merged once per chunk (items may override them).
+        self._base_params: dict[str, Any] = {}
         # Read once per chunk, not once per item (the roots' default looks up the working directory).
-        self.input_roots = self.settings.allowed_input_roots
+        self.input_roots = tuple(self.settings.allowed_input_roots)
         self.s3 = self.settings.s3_options()
 
     # -- the whole chunk, top to bottom -------------------------------------------------------------------
     def run(self) -> ChunkOutcome:
         """Claim, process and record the chunk; raise errors.Transient to have it retried later."""
+        started = time.perf_counter()
         try:
             return self._run()
         finally:
+            self._drain(raise_errors=False)
             self._close_reader()
+            self._close_writer()
+            self.outcome.wall_s = time.perf_counter() - started
+            if self.outcome.claimed:
+                o = self.outcome
+                log.info(
+                    "job %s items %d-%d: %d claimed in %.2fs; model %.2fs, waiting for inputs %.2fs, "
+                    "for bookkeeping %.2fs",
+                    self.job_id,
+                    self.start,
+                    self.stop,
+                    o.claimed,
+                    o.wall_s,
+                    o.model_s,
+                    o.input_wait_s,
+                    o.bookkeeping_wait_s,
+                    extra={"job_id": self.job_id},
+                )
 
     def _run(self) -> ChunkOutcome:
         try:
@@ -148,8 +194,8 @@ class ChunkRun:
         return self.outcome
 
     def _claim(self) -> list[ClaimedItem]:
-        with session_scope(self.db) as session:
-            job = session.get(Job, self.job_id)
+        with self._bookkeeping() as session:
+            job = session.execute(_JOB_OF_CHUNK, {"job": self.job_id}).first()
             if job is None:
                 log.warning("chunk of unknown job %s dropped", self.job_id, extra={"job_id": self.job_id})
                 return []
@@ -159,6 +205,7 @@ class ChunkRun:
                 )
                 return []
             self.job_params, self.output_url = dict(job.params), job.output_url
+            self._leased_at = time.monotonic()
             items, leased = claim_items(
                 session,
                 job_id=self.job_id,
@@ -167,6 +214,8 @@ class ChunkRun:
                 worker=self.rt.name,
                 lease_seconds=self.settings.lease_seconds,
                 max_attempts=self.settings.max_attempts,
+                starting_below=self.start + self._first_window(),
+                job_queued=job.status == JobStatus.QUEUED.value,
             )
         if leased:
             log.info(
@@ -178,6 +227,7 @@ class ChunkRun:
                 extra={"job_id": self.job_id},
             )
         self.open = {item.seq for item in items}
+        self.started = {item.seq for item in items if item.counted}
         self.outcome.claimed = len(items)
         return items
 
@@ -185,6 +235,8 @@ class ChunkRun:
         # An item whose earlier attempt ended without a result may be what killed that worker: such items run
         # last, one at a time, each recorded before the next starts, so that only an item that kills its
         # worker uses up attempts and its neighbours are not quarantined with it.
+        defaults = self.rt.info.defaults.get(self.kind.value, {})
+        self._base_params = resolve(self.kind, self.job_params, None, defaults)
         fresh = [item for item in items if item.attempts == 0]
         suspects = [item for item in items if item.attempts > 0]
         if fresh and not self._run_items(fresh, self.rt.max_batch(self.kind.value), isolated=False):
@@ -204,8 +256,8 @@ class ChunkRun:
         Inputs are fetched ahead of the model unless `isolated`, which also records each micro-batch before
         the next one starts.
         """
-        lookahead = 0 if isolated else max(2 * size, self.settings.io_threads)
-        fetches: dict[int, Future[_Work]] = {}
+        lookahead = 0 if isolated else self._lookahead(size)
+        fetches: dict[int, list[Future[list[_Work]]]] = {}
         waiting: _Pending | None = None
         position = submitted = 0
         cancelled = False
@@ -222,26 +274,30 @@ class ChunkRun:
                     self._record_later(waiting)
                 self._drain()
                 raise ChunkInterrupted(self.job_id)
+            batch_start = position
             batch_items = items[position : position + size]
             position += len(batch_items)
-            ahead = items[submitted : position + lookahead]
-            checkpoint = self.rt.bookkeeper.submit(self._checkpoint, ahead)
-            for item in ahead:
-                fetches[item.seq] = self.rt.io_pool.submit(self._prepare, item)
-                counted_by[item.seq] = checkpoint
-            submitted += len(ahead)
+            ahead = min(len(items), position + lookahead)
+            self._start(items, submitted, ahead, size, fetches, counted_by)
+            submitted = ahead
             # The attempts of these items are committed before the model sees them (poison accounting).
-            for counted in {counted_by.pop(item.seq) for item in batch_items}:
+            waited = time.perf_counter()
+            for counted in {counted_by.pop(item.seq) for item in batch_items if item.seq in counted_by}:
                 counted.result()
             if self._cancel_flag():
                 cancelled = True
                 break
             self._reap()
-            works = [fetches.pop(item.seq).result() for item in batch_items]
+            fetched = time.perf_counter()
+            works = [work for group in fetches.pop(batch_start) for work in group.result()]
+            ran = time.perf_counter()
             pending = _Pending(failures={w.item.seq: w.error for w in works if w.error})
             runnable = [w for w in works if w.request is not None]
             if runnable:
                 self._run_batch(runnable, pending)
+            self.outcome.bookkeeping_wait_s += fetched - waited
+            self.outcome.input_wait_s += ran - fetched
+            self.outcome.model_s += time.perf_counter() - ran
             if waiting is not None:
                 self._record_later(waiting)
             waiting = pending
@@ -249,12 +305,57 @@ class ChunkRun:
                 self._record_later(waiting)
                 self._drain()
                 waiting = None
-        for fetch in fetches.values():
-            fetch.cancel()
+        for groups in fetches.values():
+            for group in groups:
+                group.cancel()
         if waiting is not None:
             self._record_later(waiting)
         self._drain()
         return not cancelled
+
+    def _start(
+        self,
+        items: list[ClaimedItem],
+        begin: int,
+        end: int,
+        size: int,
+        fetches: dict[int, list[Future[list[_Work]]]],
+        counted_by: dict[int, Future[None]],
+    ) -> None:
+        """Before a micro-batch: count the attempts of items[begin:end] the claim did not count (and renew the
+        leases when due), then hand those items to the I/O threads in groups, each within one micro-batch
+        (keyed by its start)."""
+        starting = [item.seq for item in items[begin:end] if not item.counted]
+        renew = self._lease_due()
+        if starting or renew:
+            checkpoint = self.rt.bookkeeper.submit(self._checkpoint, starting, renew)
+            self._records.append(checkpoint)
+            counted_by.update(dict.fromkeys(starting, checkpoint))
+        group = -(-size // max(1, self.settings.io_threads))
+        index = begin
+        while index < end:
+            batch_start = index - index % size
+            stop = min(end, batch_start + size, index + group)
+            future = self.rt.io_pool.submit(self._prepare_group, items[index:stop])
+            fetches.setdefault(batch_start, []).append(future)
+            index = stop
+
+    def _lookahead(self, size: int) -> int:
+        """Items fetched ahead of the micro-batch the model runs."""
+        return max(2 * size, self.settings.io_threads)
+
+    def _first_window(self) -> int:
+        """Items the chunk starts at once: its first micro-batch and the lookahead behind it."""
+        size = self.rt.max_batch(self.kind.value)
+        return size + self._lookahead(size)
+
+    def _lease_due(self) -> bool:
+        """Whether a meaningful share of the lease has passed since it was last set (then it is renewed)."""
+        now = time.monotonic()
+        if now - self._leased_at < self.settings.lease_seconds * LEASE_RENEW_SHARE:
+            return False
+        self._leased_at = now
+        return True
 
     def _record_later(self, pending: _Pending) -> None:
         self._records.append(self.rt.bookkeeper.submit(self._record, pending))
@@ -277,8 +378,8 @@ class ChunkRun:
                     raise
 
     def _finish(self) -> None:
-        with session_scope(self.db) as session:
-            if self.open and self._cancel_requested(session):
+        with self._bookkeeping() as session:
+            if self.open and cancel_requested(session, job_id=self.job_id):
                 self.outcome.cancelled += cancel_items(session, job_id=self.job_id, seqs=sorted(self.open))
                 self.open.clear()
             status = finalize_job(session, job_id=self.job_id)
@@ -310,20 +411,39 @@ class ChunkRun:
                 "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
             )
 
-    def _checkpoint(self, starting: Sequence[ClaimedItem]) -> None:
-        """Before a micro-batch: extend the lease of the items still open and count an attempt for those about
-        to be fetched."""
-        seqs = [item.seq for item in starting]
-        with session_scope(self.db) as session:
-            renew_lease(
+    def _checkpoint(self, seqs: list[int], renew: bool) -> None:
+        """Count an attempt for the items about to be fetched and, if `renew`, extend the lease of the items
+        still open: one statement, committed before those items reach the model."""
+        with self._bookkeeping() as session:
+            checkpoint_items(
                 session,
                 job_id=self.job_id,
-                seqs=sorted(self.open),
                 worker=self.rt.name,
+                starting=seqs,
+                renewing=self.open if renew else (),
                 lease_seconds=self.settings.lease_seconds,
             )
-            start_attempts(session, job_id=self.job_id, seqs=seqs, worker=self.rt.name)
         self.started.update(seqs)
+
+    @contextlib.contextmanager
+    def _bookkeeping(self) -> Iterator[Session]:
+        """A transaction on the connection the chunk keeps for its claim, its bookkeeping (on the bookkeeping
+        thread) and its finish, which never overlap: no pool checkout, ping or reset per transaction. A broken
+        connection is dropped and the next transaction opens another."""
+        if self._writer is None:
+            self._writer = get_engine(self.db).connect()
+        try:
+            with Session(bind=self._writer) as session, session.begin():
+                yield session
+        except _DB_ERRORS:
+            self._close_writer()
+            raise
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(*_DB_ERRORS):
+                self._writer.close()
+            self._writer = None
 
     def _cancel_flag(self) -> bool:
         """The job's cancel flag, read on the model's thread before each micro-batch: one round trip on a
@@ -331,7 +451,7 @@ class ChunkRun:
         if self._reader is None:
             self._reader = get_engine(self.db).connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            return bool(self._reader.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+            return cancel_requested(self._reader, job_id=self.job_id)
         except _DB_ERRORS:
             self._close_reader()
             raise
@@ -342,15 +462,16 @@ class ChunkRun:
                 self._reader.close()
             self._reader = None
 
-    def _cancel_requested(self, session: Session) -> bool:
-        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
-
     # -- inputs ------------------------------------------------------------------------------------------
+    def _prepare_group(self, items: Sequence[ClaimedItem]) -> list[_Work]:
+        """Prepare a few items in turn on one I/O thread: one task and one future per group, not per item."""
+        return [self._prepare(item) for item in items]
+
     def _prepare(self, item: ClaimedItem) -> _Work:
         """Fetch, decode and build the request of one item (runs on an I/O thread)."""
         try:
             image = self._load_image(item.source) if self.kind is not JobKind.GENERATE else None
-            return _Work(item, request=self._request(item, image))
+            return _Work(item, request=self.rt.backend.prepare(self._request(item, image)))
         except errors.Transient:
             raise
         except errors.BadInput as exc:
@@ -372,9 +493,14 @@ class ChunkRun:
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
 
+    def _params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """The chunk's parameters with an item's overrides on top."""
+        if not overrides:
+            return self._base_params
+        return resolve(self.kind, {}, overrides, self._base_params)
+
     def _request(self, item: ClaimedItem, image: Image.Image | None) -> Request:
-        defaults = self.rt.info.defaults.get(self.kind.value, {})
-        p = resolve(self.kind, self.job_params, item.params, defaults)
+        p = self._params(item.params)
         seed = (item.params or {}).get("seed")
         seed = int(seed) if seed is not None else item_seed(int(self.job_params.get("seed", 0)), item.key)
         if self.kind is JobKind.CAPTION:
@@ -479,7 +605,7 @@ class ChunkRun:
             except storage.StorageError as exc:  # refused for good (access, bucket): that item fails
                 pending.failures[seq] = (exc.error_code, f"writing the output failed: {exc}")
         started = time.perf_counter()
-        with session_scope(self.db) as session:
+        with self._bookkeeping() as session:
             self.outcome.succeeded += record_successes(session, job_id=self.job_id, outputs=outputs)
             self.outcome.failed += record_failures(session, job_id=self.job_id, failures=pending.failures)
         self.open -= set(outputs) | set(pending.failures)

@@ -33,6 +33,8 @@ _CONVERTIBLE = {
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
     if image.mode in ("RGBA", "LA", "PA", "RGBa") or (image.mode == "P" and "transparency" in image.info):
         # Composite transparent pixels on white, the way image viewers show them.
         rgba = image.convert("RGBA")
@@ -77,8 +79,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
             if getattr(image, "is_animated", False):
                 image.seek(0)
             image.load()
-            upright = ImageOps.exif_transpose(image) or image
-            return _to_rgb(upright)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+            return _to_rgb(image)
     except (ImageTooLarge, UnsupportedImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

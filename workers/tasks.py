@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from celery import Task
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 120.0
 MAX_TRANSIENT_RETRIES = 20
+#: Least time between two progress events of a chunk.
+PROGRESS_EVERY_S = 1.0
 
 
 def backoff(retries: int) -> float:
@@ -42,9 +45,15 @@ class ChunkTask(Task):
     def run_kind(self, job_id: str, start: int, stop: int) -> dict[str, Any]:
         """Run the chunk; transient faults send it back with backoff."""
 
+        sent_at = [time.monotonic()]
+
         def progress(done: int, claimed: int) -> None:
-            # Flower shows the fields of task events: progress while a long chunk runs. Only monitoring: a
-            # broker that is away must not fail a chunk whose results are already recorded.
+            # Flower shows the fields of task events: progress while a long chunk runs, at most one event a
+            # second (its end is the task-succeeded event). Only monitoring: a broker that is away must not
+            # fail a chunk whose results are already recorded.
+            if done >= claimed or time.monotonic() - sent_at[0] < PROGRESS_EVERY_S:
+                return
+            sent_at[0] = time.monotonic()
             try:
                 self.send_event(
                     "task-progress", job_id=job_id, done=done, claimed=claimed, items=stop - start
@@ -77,6 +86,7 @@ class ChunkTask(Task):
             "succeeded": outcome.succeeded,
             "failed": outcome.failed,
             "cancelled": outcome.cancelled,
+            **outcome.timings(),
         }
 
 

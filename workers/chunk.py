@@ -115,6 +115,13 @@ _JOB_OF_CHUNK = select(_JOBS.c.params, _JOBS.c.output_url, _JOBS.c.cancel_reques
 _DB_ERRORS = (OperationalError, DBAPIError)
 
 
+def _close_quietly(connection: Connection | None) -> None:
+    """Close a kept connection; one the server already dropped closes without a word."""
+    if connection is not None:
+        with contextlib.suppress(*_DB_ERRORS):
+            connection.close()
+
+
 class ChunkRun:
     """One chunk of one job on this worker."""
 
@@ -440,10 +447,8 @@ class ChunkRun:
             raise
 
     def _close_writer(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(*_DB_ERRORS):
-                self._writer.close()
-            self._writer = None
+        _close_quietly(self._writer)
+        self._writer = None
 
     def _cancel_flag(self) -> bool:
         """The job's cancel flag, read on the model's thread before each micro-batch: one round trip on a
@@ -457,10 +462,8 @@ class ChunkRun:
             raise
 
     def _close_reader(self) -> None:
-        if self._reader is not None:
-            with contextlib.suppress(*_DB_ERRORS):
-                self._reader.close()
-            self._reader = None
+        _close_quietly(self._reader)
+        self._reader = None
 
     # -- inputs ------------------------------------------------------------------------------------------
     def _prepare_group(self, items: Sequence[ClaimedItem]) -> list[_Work]:

@@ -190,10 +190,6 @@ class GraphedCall:
         self.replays += 1
         return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, captured.output)
 
-    def clear(self) -> None:
-        """Drop every graph (their memory returns to the pool)."""
-        self._graphs.clear()
-
     def _call_without_syncs(self, args: Any, kwargs: Any) -> None:
         previous = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("error")

@@ -152,6 +152,9 @@ _FINALIZE = (
     .returning(_J.status)
 )
 _CANCEL_REQUESTED = select(_J.cancel_requested).where(_J.id == bindparam("job"))
+_JOB_FOR_CHUNK = select(_J.params, _J.output_url, _J.cancel_requested, _J.status).where(
+    _J.id == bindparam("job")
+)
 
 
 def _rowcount(result: object) -> int:
@@ -340,6 +343,12 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
     moved = _rowcount(session.execute(_RECORD_FAILURE, rows))
     _move_counters(session, job_id, ItemStatus.RUNNING, ItemStatus.FAILED, moved)
     return moved
+
+
+def job_for_chunk(session: Session, *, job_id: str) -> Any:
+    """What a worker reads of a job before claiming a chunk (params, output_url, cancel_requested, status);
+    None for an unknown job."""
+    return session.execute(_JOB_FOR_CHUNK, {"job": job_id}).first()
 
 
 def cancel_requested(connection: Session | Connection, *, job_id: str) -> bool:

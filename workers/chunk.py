@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from PIL import Image
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,6 @@ from jobs.db import get_engine, session_scope
 from jobs.export import write_results
 from jobs.inputs import input_allowed, read_input
 from jobs.lifecycle import JobKind, JobStatus
-from jobs.models import Job
 from jobs.params import item_seed, resolve
 from jobs.state import (
     ClaimedItem,
@@ -38,6 +37,7 @@ from jobs.state import (
     checkpoint_items,
     claim_items,
     finalize_job,
+    job_for_chunk,
     record_failures,
     record_successes,
     release_items,
@@ -106,10 +106,6 @@ def output_key(job_id: str, key: str, ext: str) -> str:
 #: Leases are renewed before a micro-batch once this share of `lease_seconds` has passed since they were set.
 LEASE_RENEW_SHARE = 0.1
 
-_JOBS = cast(Table, Job.__table__)
-_JOB_OF_CHUNK = select(_JOBS.c.params, _JOBS.c.output_url, _JOBS.c.cancel_requested, _JOBS.c.status).where(
-    _JOBS.c.id == bindparam("job")
-)
 
 #: What the database driver raises when the server is gone or the connection broke.
 _DB_ERRORS = (OperationalError, DBAPIError)
@@ -202,7 +198,7 @@ class ChunkRun:
 
     def _claim(self) -> list[ClaimedItem]:
         with self._bookkeeping() as session:
-            job = session.execute(_JOB_OF_CHUNK, {"job": self.job_id}).first()
+            job = job_for_chunk(session, job_id=self.job_id)
             if job is None:
                 log.warning("chunk of unknown job %s dropped", self.job_id, extra={"job_id": self.job_id})
                 return []

@@ -381,7 +381,11 @@ def model_fast(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) -> Non
         decode_graph_error=decoder.capture_error if decoder else None,
         decode_attention_ms_per_step=decoder.variant_timings if decoder else None,
         dit_cuda_graphs=(
-            {"captures": backend.dit_graphs.captures, "replays": backend.dit_graphs.replays}
+            {
+                "captures": backend.dit_graphs.captures,
+                "replays": backend.dit_graphs.replays,
+                "capture_s": round(backend.dit_graphs.capture_s, 2),
+            }
             if backend.dit_graphs is not None
             else None
         ),

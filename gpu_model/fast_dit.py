@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -158,6 +159,8 @@ class GraphedCall:
         self._pool: Any = None
         self.captures = 0
         self.replays = 0
+        #: Seconds spent warming up and capturing (the device drained by each capture included).
+        self.capture_s = 0.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -199,6 +202,13 @@ class GraphedCall:
             torch.cuda.set_sync_debug_mode(previous)
 
     def _capture(self, key: Hashable, leaves: list[Any], spec: Any) -> _Captured | None:
+        started = time.perf_counter()
+        try:
+            return self._warm_and_capture(key, leaves, spec)
+        finally:
+            self.capture_s += time.perf_counter() - started
+
+    def _warm_and_capture(self, key: Hashable, leaves: list[Any], spec: Any) -> _Captured | None:
         inputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
         args, kwargs = pytree.tree_unflatten(inputs, spec)
         side = torch.cuda.Stream()

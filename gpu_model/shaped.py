@@ -71,7 +71,9 @@ EDIT_FACTOR = 32
 EDIT_MAX_PIXELS = 1280 * 28 * 28
 MAX_CAPTION_TOKENS = 4096
 MAX_STEPS = 200
-MAX_BATCH = {"caption": 256, "generate": 1, "edit": 1}
+#: Images run one at a time (the DiT is compute-bound at batch 1); a micro-batch of several is queued on the
+#: GPU back to back, each item's host work (conditions, copies) overlapping the previous item's passes.
+MAX_BATCH = {"caption": 256, "generate": 4, "edit": 4}
 #: Distinct prompts whose token ids are kept.
 TOKEN_CACHE_SIZE = 1024
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -101,6 +103,36 @@ class Parts:
     vae: Any
     #: len(tokenizer), which transformers recomputes on every call.
     vocab: int = 0
+
+
+class HostImage:
+    """An image on its way to host memory: the copy is queued behind the GPU work that makes it, and waited
+    for only when the image is wanted (so the host can queue the next item meanwhile)."""
+
+    def __init__(self, pixels: torch.Tensor) -> None:
+        """`pixels`: [height, width, 3] uint8 on any device."""
+        self._ready: torch.cuda.Event | None = None
+        if pixels.is_cuda:
+            self._host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(pixels, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = pixels.contiguous()
+
+    def image(self) -> Image.Image:
+        """The image, once its copy has landed."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return Image.fromarray(self._host.numpy())
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory without waiting for the queued work (a plain
+    copy would wait for everything queued before it)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -346,7 +378,7 @@ class ShapedBackend(Backend):
             ids[k, width - len(row) :] = row
             mask[k, width - len(row) :] = 1
         device = self.parts.table.weight.device
-        return ids.to(device), mask.to(device)
+        return to_device(ids, device), to_device(mask, device)
 
     def _token_ids(self, text: str) -> torch.Tensor:
         cached = self._tokens.get(text)
@@ -374,7 +406,7 @@ class ShapedBackend(Backend):
     def _pixels(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """[side, side, 3] uint8 arrays as one batch normalised to [-1, 1] on the device."""
         weight = self.parts.table.weight
-        batch = torch.from_numpy(np.stack(arrays)).to(weight.device, non_blocking=True)
+        batch = to_device(torch.from_numpy(np.stack(arrays)), weight.device)
         return batch.permute(0, 3, 1, 2).to(weight.dtype) / 127.5 - 1.0
 
     def _embed(self, ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -389,10 +421,11 @@ class ShapedBackend(Backend):
     def _condition(self, prompt: str, image: Image.Image) -> Condition:
         """The LLM's last two hidden layers over prompt and image, through the DiT's token refiner."""
         p = self.parts
-        ids, mask = self._tokenize([self._prompt(prompt, answer=False)])
+        ids, _ = self._tokenize([self._prompt(prompt, answer=False)])
         out = p.llm.model(
             inputs_embeds=self._embed(ids, self._pixels([self._array(image)])),
-            attention_mask=mask,
+            # One unpadded row: no mask, as the LLM would drop an all-ones one after checking it on the host.
+            attention_mask=None,
             output_hidden_states=True,
             use_cache=False,
         )
@@ -422,14 +455,13 @@ class ShapedBackend(Backend):
         with sdpa_backend(self.attention if self.fast else None):
             return euler(x, passes, combine, schedule(steps, x.shape[1]), self._velocity)
 
-    def _image(self, x: torch.Tensor, width: int, height: int) -> Image.Image:
-        """VAE decode (float32 as the official code, bf16 on the fast path); one device-to-host copy."""
+    def _image(self, x: torch.Tensor, width: int, height: int) -> HostImage:
+        """VAE decode (float32 as the official code, bf16 on the fast path); one queued copy to the host."""
         vae = self.parts.vae
         latents = unpack(x.float(), height, width) / vae.config.scaling_factor + vae.config.shift_factor
         latents = latents.to(vae.dtype, memory_format=torch.channels_last)
         pixels = vae.decode(latents).sample[0].float()
-        array = (127.5 * (pixels.clamp(-1, 1) + 1.0)).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(array)
+        return HostImage((127.5 * (pixels.clamp(-1, 1) + 1.0)).to(torch.uint8).permute(1, 2, 0).contiguous())
 
     def _noise(self, seed: int, width: int, height: int) -> torch.Tensor:
         """Yak's bf16 starting noise, in the DiT's dtype (bf16 on CUDA; float32 on the CPU)."""
@@ -440,7 +472,7 @@ class ShapedBackend(Backend):
     def _source_latents(self, image: Image.Image, seed: int) -> torch.Tensor:
         vae = self.parts.vae
         device = vae.device
-        array = torch.from_numpy(np.array(image)).to(device)
+        array = to_device(torch.from_numpy(np.array(image)), device)
         pixels = (array.permute(2, 0, 1)[None].float() / 127.5 - 1.0).to(vae.dtype)
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -450,16 +482,18 @@ class ShapedBackend(Backend):
 
     # -- images -------------------------------------------------------------------------------------------
     def generate(self, requests: list[GenerateRequest]) -> list[Image.Image]:
-        """Text-to-image, one item at a time with its own seed (the DiT is compute-bound at batch 1)."""
+        """Text-to-image, one item at a time with its own seed (the DiT is compute-bound at batch 1): every
+        item is queued before the first image is copied back."""
         for r in requests:
             for name, side in (("width", r.width), ("height", r.height)):
                 _check(side % 16 == 0 and 64 <= side <= 2048, f"{name} must be a multiple of 16 in 64..2048")
             _check(bool(r.prompt.strip()), "the prompt is empty")
             _check(1 <= r.steps <= MAX_STEPS, f"steps must be within 1..{MAX_STEPS}")
         with device_work("generate", len(requests)):
-            return [self._generate_one(r) for r in requests]
+            queued = [self._generate_one(r) for r in requests]
+            return [image.image() for image in queued]
 
-    def _generate_one(self, r: GenerateRequest) -> Image.Image:
+    def _generate_one(self, r: GenerateRequest) -> HostImage:
         device = self.parts.table.weight.device
         blank = Image.new("RGB", (r.width, r.height), BLANK)
         cond = self._condition(f"{GENERATE_PREFIX}{r.prompt}", blank)
@@ -472,15 +506,17 @@ class ShapedBackend(Backend):
         return self._image(x, r.width, r.height)
 
     def edit(self, requests: list[EditRequest]) -> list[Image.Image]:
-        """Instruction editing, one item at a time; the output keeps the input's aspect, ~1 MP at most."""
+        """Instruction editing, one item at a time, all queued before the first image is copied back; the
+        output keeps the input's aspect, ~1 MP at most."""
         for r in requests:
             _check(min(r.image.size) > 0, "the input image is empty")
             _check(bool(r.instruction.strip()), "the instruction is empty")
             _check(1 <= r.steps <= MAX_STEPS, f"steps must be within 1..{MAX_STEPS}")
         with device_work("edit", len(requests)):
-            return [self._edit_one(r) for r in requests]
+            queued = [self._edit_one(r) for r in requests]
+            return [image.image() for image in queued]
 
-    def _edit_one(self, r: EditRequest) -> Image.Image:
+    def _edit_one(self, r: EditRequest) -> HostImage:
         device = self.parts.table.weight.device
         source = r.image if r.image.mode == "RGB" else r.image.convert("RGB")
         width, height = edit_size(*source.size)

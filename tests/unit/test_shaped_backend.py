@@ -28,7 +28,7 @@ def _photo(width: int, height: int, shade: int) -> Image.Image:
 def test_loads_tiny_on_the_cpu(backend: ShapedBackend) -> None:
     info = backend.load()
     assert (info.name, info.device, backend.scale) == ("ovis-u1-shaped", "cpu", "tiny")
-    assert info.max_batch == {"caption": 4, "generate": 1, "edit": 1}
+    assert info.max_batch == {"caption": 4, "generate": 4, "edit": 4}
     assert info.defaults["generate"]["width"] == 64
 
 
@@ -123,3 +123,21 @@ def _max_diff(a: Image.Image, b: Image.Image) -> int:
     import numpy as np
 
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_images_are_queued_without_waiting_for_the_gpu() -> None:
+    gpu = ShapedBackend(BackendOptions(device="cuda"), scale="tiny")
+    gpu.load()
+    generate = GenerateRequest("a red fox", 64, 64, steps=3, seed=7, txt_cfg=5.0)
+    edit = EditRequest(_photo(64, 64, 90), "make it red", steps=3, seed=3, img_cfg=1.5, txt_cfg=6.0)
+    first = [gpu.generate([generate])[0], gpu.edit([edit])[0]]  # compiles and captures
+    # Queuing an item must not wait for the GPU: any host sync raises here.
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            queued = [gpu._generate_one(generate), gpu._edit_one(edit)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    again = [image.image() for image in queued]
+    assert [_max_diff(a, b) for a, b in zip(first, again, strict=True)] == [0, 0]

@@ -61,9 +61,8 @@ class Settings(BaseSettings):
     #: killer would. Empty (the default) disables it.
     fake_crash_marker: str = ""
 
-    #: Items per Celery task; a chunk should take minutes, never hours. A chunk also bounds the micro-batch
-    #: and each chunk's start is not overlapped with the previous one, so fast work wants large chunks
-    #: (GPU captioning at micro-batches of 256-512: 2048).
+    #: Items per Celery task; a chunk should take minutes, never hours. A chunk also bounds the micro-batch,
+    #: so fast work wants large chunks (GPU captioning at micro-batches of 256-512: 2048).
     chunk_size: int = Field(default=256, ge=1, le=10_000)
     #: How long a claimed item stays leased to its worker before the reconciler may hand it to another.
     lease_seconds: int = Field(default=600, ge=2)
@@ -75,6 +74,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     #: Threads fetching and decoding inputs ahead of the model, and encoding/uploading behind it.
     io_threads: int = Field(default=8, ge=1, le=256)
+    #: While a chunk ends, fetch and decode the first micro-batch of the job's next items (without claiming
+    #: them), so that the next chunk's model does not start idle; at most one micro-batch is held.
+    read_ahead: bool = True
     #: Processes of a CPU worker (prefork); GPU workers always run one process per GPU.
     concurrency: int = Field(default=1, ge=1, le=256)
     #: Each process of a prefork worker runs on its own share of the cores (see workers/affinity.py).

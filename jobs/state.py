@@ -88,6 +88,19 @@ _CLAIM_STARTING = (
     .values(attempts=1)
     .returning(*_CLAIMED)
 )
+# Items of a job nobody holds or tried, from a seq on: what a worker may prepare before its next claim.
+_NEXT_QUEUED = (
+    select(*_CLAIMED)
+    .where(
+        _C.job_id == bindparam("job"),
+        _C.seq >= bindparam("after"),
+        _C.seq < bindparam("before"),
+        _C.status == _QUEUED,
+        _C.attempts == 0,
+    )
+    .order_by(_C.seq)
+    .limit(bindparam("limit"))
+)
 _START_JOB = (
     update(_JOBS)
     .where(_J.id == bindparam("job"), _J.status == JobStatus.QUEUED.value)
@@ -265,6 +278,18 @@ def claim_items(
     if len(items) < stop - start:  # with every seq of the range claimed here, none is leased elsewhere
         leased = session.scalar(_LEASED_ELSEWHERE, {**where, "b_worker": worker}) is not None
     return sorted(items, key=lambda item: item.seq), leased
+
+
+def next_queued_items(
+    session: Session, *, job_id: str, after: int, before: int, limit: int
+) -> list[ClaimedItem]:
+    """Up to `limit` queued, never tried items of a job with `after` <= seq < `before`, in seq order, read
+    without claiming them (read-ahead of the next chunk): anyone may claim them, or they may change, by then.
+    """
+    rows = session.execute(
+        _NEXT_QUEUED, {"job": job_id, "after": after, "before": before, "limit": limit}
+    ).all()
+    return [ClaimedItem(*row) for row in rows]
 
 
 def _seq_in(name: str, postgresql: bool) -> ColumnElement[bool]:

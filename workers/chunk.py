@@ -38,11 +38,13 @@ from jobs.state import (
     claim_items,
     finalize_job,
     job_for_chunk,
+    next_queued_items,
     record_failures,
     record_successes,
     release_items,
 )
 from workers.images import decode_image, encode_png
+from workers.readahead import Fetch, Taken
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class ChunkOutcome:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    #: Claimed items whose inputs were prepared by the read-ahead of the chunk before (not fetched again).
+    read_ahead: int = 0
     final_status: JobStatus | None = None
     #: Where the chunk's time went on the thread that drives the model: in the backend, waiting for inputs
     #: to be fetched and decoded, and waiting for the attempts of the next items to be committed. A model
@@ -151,6 +155,9 @@ class ChunkRun:
         self._leased_at = 0.0
         #: Backend defaults and job parameters, merged once per chunk (items may override them).
         self._base_params: dict[str, Any] = {}
+        #: What this chunk took from the read-ahead of the chunk before, and whether it read ahead itself.
+        self._taken: Taken[_Work] = Taken({})
+        self._read_ahead_sent = False
         # Read once per chunk, not once per item (the roots' default looks up the working directory).
         self.input_roots = tuple(self.settings.allowed_input_roots)
         self.s3 = self.settings.s3_options()
@@ -166,16 +173,18 @@ class ChunkRun:
             self._close_reader()
             self._close_writer()
             self.outcome.wall_s = time.perf_counter() - started
+            self.outcome.read_ahead = self._taken.used
             if self.outcome.claimed:
                 o = self.outcome
                 log.info(
-                    "job %s items %d-%d: %d claimed in %.2fs; model %.2fs, waiting for inputs %.2fs, "
-                    "for bookkeeping %.2fs",
+                    "job %s items %d-%d: %d claimed in %.2fs (%d read ahead); model %.2fs, waiting for "
+                    "inputs %.2fs, for bookkeeping %.2fs",
                     self.job_id,
                     self.start,
                     self.stop,
                     o.claimed,
                     o.wall_s,
+                    o.read_ahead,
                     o.model_s,
                     o.input_wait_s,
                     o.bookkeeping_wait_s,
@@ -185,6 +194,7 @@ class ChunkRun:
     def _run(self) -> ChunkOutcome:
         try:
             items = self._claim()
+            self._taken = self.rt.read_ahead.take(self.job_id, self.kind.value, items)
             if items:
                 self._process(items)
             self._finish()
@@ -260,7 +270,7 @@ class ChunkRun:
         the next one starts.
         """
         lookahead = 0 if isolated else self._lookahead(size)
-        fetches: dict[int, list[Future[list[_Work]]]] = {}
+        fetches: dict[int, list[Fetch[_Work]]] = {}
         waiting: _Pending | None = None
         position = submitted = 0
         cancelled = False
@@ -283,6 +293,8 @@ class ChunkRun:
             ahead = min(len(items), position + lookahead)
             self._start(items, submitted, ahead, size, fetches, counted_by)
             submitted = ahead
+            if submitted == len(items) and not isolated:  # behind this chunk's fetches on the I/O threads
+                self._read_ahead(size)
             # The attempts of these items are committed before the model sees them (poison accounting).
             waited = time.perf_counter()
             for counted in {counted_by.pop(item.seq) for item in batch_items if item.seq in counted_by}:
@@ -322,26 +334,65 @@ class ChunkRun:
         begin: int,
         end: int,
         size: int,
-        fetches: dict[int, list[Future[list[_Work]]]],
+        fetches: dict[int, list[Fetch[_Work]]],
         counted_by: dict[int, Future[None]],
     ) -> None:
         """Before a micro-batch: count the attempts of items[begin:end] the claim did not count (and renew the
         leases when due), then hand those items to the I/O threads in groups, each within one micro-batch
-        (keyed by its start)."""
+        (keyed by its start). Items the read-ahead prepared are not fetched again."""
         starting = [item.seq for item in items[begin:end] if not item.counted]
         renew = self._lease_due()
         if starting or renew:
             checkpoint = self.rt.bookkeeper.submit(self._checkpoint, starting, renew)
             self._records.append(checkpoint)
             counted_by.update(dict.fromkeys(starting, checkpoint))
+        for batch_start, index, stop in self._groups(begin, end, size):
+            fetch = self._taken.fetch(items[index:stop], self.rt.io_pool, self._prepare_group)
+            fetches.setdefault(batch_start, []).append(fetch)
+
+    def _groups(self, begin: int, end: int, size: int) -> Iterator[tuple[int, int, int]]:
+        """Positions [begin, end) cut in groups for the I/O threads, each within one micro-batch of `size`:
+        (the micro-batch's start, the group's start, its stop)."""
         group = -(-size // max(1, self.settings.io_threads))
         index = begin
         while index < end:
             batch_start = index - index % size
             stop = min(end, batch_start + size, index + group)
-            future = self.rt.io_pool.submit(self._prepare_group, items[index:stop])
-            fetches.setdefault(batch_start, []).append(future)
+            yield batch_start, index, stop
             index = stop
+
+    def _read_ahead(self, size: int) -> None:
+        """Once per chunk, have the job's next items prepared (see workers/readahead.py)."""
+        if self._read_ahead_sent or not self.settings.read_ahead or self.rt.stopping.is_set():
+            return
+        self._read_ahead_sent = True
+        # On the bookkeeping thread, which owns the kept connection; drained with the chunk's records.
+        self._records.append(self.rt.bookkeeper.submit(self._prepare_next, size))
+
+    def _prepare_next(self, size: int) -> None:
+        """Read the job's next untouched items, at most the next chunk's first micro-batch (if chunks are
+        smaller than micro-batches, one chunk), and hand them to the I/O threads. Best effort: a failure only
+        costs the next chunk its head start."""
+        try:
+            with self._bookkeeping() as session:
+                # The next two chunks' ranges at most: a chunk further on is not this worker's next.
+                length = self.stop - self.start
+                items = next_queued_items(
+                    session,
+                    job_id=self.job_id,
+                    after=self.stop,
+                    before=self.stop + 2 * length,
+                    limit=min(size, length),
+                )
+            groups = [items[index:stop] for _, index, stop in self._groups(0, len(items), size)]
+            prepared = [(group, self.rt.io_pool.submit(self._prepare_group, group)) for group in groups]
+        except _DB_ERRORS as exc:  # the chunk's own bookkeeping reports the database
+            log.debug("no read-ahead for job %s: %s", self.job_id, exc, extra={"job_id": self.job_id})
+            return
+        except Exception:
+            log.warning("no read-ahead for job %s", self.job_id, exc_info=True, extra={"job_id": self.job_id})
+            return
+        self.rt.read_ahead.hold(self.job_id, self.kind.value, prepared)
 
     def _lookahead(self, size: int) -> int:
         """Items fetched ahead of the micro-batch the model runs."""

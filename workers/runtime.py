@@ -9,10 +9,12 @@ import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from gpu_model import Backend, BackendInfo, BackendOptions, create_backend
 from jobs.settings import Settings, get_settings
 from storage import Store, open_store
+from workers.readahead import ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class WorkerRuntime:
         self.bookkeeper = ThreadPoolExecutor(1, thread_name_prefix="ovis-record")
         #: Set on a graceful shutdown: chunks hand their items back at the next micro-batch.
         self.stopping = threading.Event()
+        #: The next chunk's first micro-batch, prepared while a chunk ends (see workers/readahead.py).
+        self.read_ahead: ReadAhead[Any] = ReadAhead()
 
     @classmethod
     def current(cls) -> WorkerRuntime:

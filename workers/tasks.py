@@ -86,6 +86,7 @@ class ChunkTask(Task):
             "succeeded": outcome.succeeded,
             "failed": outcome.failed,
             "cancelled": outcome.cancelled,
+            "read_ahead": outcome.read_ahead,
             **outcome.timings(),
         }
 

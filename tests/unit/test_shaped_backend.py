@@ -28,7 +28,7 @@ def _photo(width: int, height: int, shade: int) -> Image.Image:
 def test_loads_tiny_on_the_cpu(backend: ShapedBackend) -> None:
     info = backend.load()
     assert (info.name, info.device, backend.scale) == ("ovis-u1-shaped", "cpu", "tiny")
-    assert info.max_batch == {"caption": 4, "generate": 4, "edit": 4}
+    assert info.max_batch == {"caption": 4, "generate": 8, "edit": 4}
     assert info.defaults["generate"]["width"] == 64
 
 

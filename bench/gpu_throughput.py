@@ -763,7 +763,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new sections after this")
     parser.add_argument("--caption-batches", default="64,128,256,512")
     parser.add_argument("--caption-items", type=int, default=4096, help="captions in the system run")
-    parser.add_argument("--image-items", type=int, default=8, help="text-to-image items in the system run")
+    parser.add_argument("--image-items", type=int, default=24, help="text-to-image items in the system run")
     parser.add_argument("--edit-items", type=int, default=4, help="edits in the system run")
     parser.add_argument("--merge", help="a previous result JSON whose sections this run does not redo")
     parser.add_argument("--gpus", default="none", help="worker GPUs: none (one worker) or 0,1 (one per GPU)")

@@ -73,7 +73,7 @@ MAX_CAPTION_TOKENS = 4096
 MAX_STEPS = 200
 #: Images run one at a time (the DiT is compute-bound at batch 1); a micro-batch of several is queued on the
 #: GPU back to back, each item's host work (conditions, copies) overlapping the previous item's passes.
-MAX_BATCH = {"caption": 256, "generate": 4, "edit": 4}
+MAX_BATCH = {"caption": 256, "generate": 8, "edit": 4}
 #: Distinct prompts whose token ids are kept.
 TOKEN_CACHE_SIZE = 1024
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {

@@ -63,6 +63,9 @@ class Plan:
     #: `ovis-batch worker --gpus`: "none" runs one worker on the default device, "0,1" one per GPU.
     gpus: str = "none"
     system_tasks: tuple[str, ...] = TASKS
+    #: The system run's broker; "" is the embedded default (a folder, whose messages of one millisecond
+    #: come in random order).
+    broker_url: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def left(self) -> float:
@@ -565,6 +568,8 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
         "queue": f"bench{os.getpid()}",
         "reconcile_interval_s": "0",
     }
+    if plan.broker_url:
+        values["broker_url"] = plan.broker_url
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVIS_BATCH_")}
     env.update({f"OVIS_BATCH_{k.upper()}": v for k, v in values.items()})
     env.update(
@@ -592,6 +597,7 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
             "chunk_size": plan.chunk_size,
             "workers": workers,
             "gpus": plan.gpus,
+            "broker": plan.broker_url.split("://")[0] if plan.broker_url else "filesystem (embedded)",
         }
         settings = Settings(**{k: v for k, v in values.items() if k not in ("caption_batch",)})
         client = Client(settings)
@@ -768,6 +774,7 @@ def main() -> None:
     parser.add_argument("--merge", help="a previous result JSON whose sections this run does not redo")
     parser.add_argument("--gpus", default="none", help="worker GPUs: none (one worker) or 0,1 (one per GPU)")
     parser.add_argument("--system-tasks", default=",".join(TASKS))
+    parser.add_argument("--broker-url", default="", help="broker of the system run (default: embedded)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
@@ -791,6 +798,7 @@ def main() -> None:
         items = {"caption": args.caption_items, "generate": args.image_items, "edit": args.edit_items}
         plan = Plan(False, "cuda", 128, 1024, 448, 50, batches, 8, 3, items, 2048, args.budget_s, args.gpus)
     plan.system_tasks = tuple(args.system_tasks.split(","))
+    plan.broker_url = args.broker_url
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = json.loads(Path(args.merge).read_text()) if args.merge else {}

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import statistics
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -157,6 +158,7 @@ class GraphedCall:
         self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
         self._refused: set[Hashable] = set()
         self._pool: Any = None
+        self._stream: Any = None
         self.captures = 0
         self.replays = 0
         #: Seconds spent warming up and capturing (the device drained by each capture included).
@@ -193,13 +195,18 @@ class GraphedCall:
         self.replays += 1
         return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, captured.output)
 
-    def _call_without_syncs(self, args: Any, kwargs: Any) -> None:
+    def _run_checked(self, args: Any, kwargs: Any, mode: str) -> bool:
+        """Run fn under CUDA sync-debug `mode` ("warn": True when it made no host sync; "error": raises on
+        the first one)."""
         previous = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            self.fn(*args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode(mode)
+            try:
+                self.fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+        return not any("synchroniz" in str(w.message) for w in caught)
 
     def _capture(self, key: Hashable, leaves: list[Any], spec: Any) -> _Captured | None:
         started = time.perf_counter()
@@ -215,11 +222,16 @@ class GraphedCall:
         side.wait_stream(torch.cuda.current_stream())
         try:
             with torch.cuda.stream(side):  # compilation, autotuning and lazy initialisation happen here
+                # The run before the capture must make no host sync: a capture that fails half-way leaves
+                # CUDA's random generator marked as capturing, so a function that syncs is never captured.
+                # The first run may sync while it compiles; if it did, later runs are held to "error".
+                clean = self._run_checked(args, kwargs, "warn")
                 for _ in range(self.warmup - 1):
-                    self.fn(*args, **kwargs)
-                # The last warm-up refuses host syncs: a capture that fails half-way leaves CUDA's random
-                # generator marked as capturing, so a function that would sync is never captured.
-                self._call_without_syncs(args, kwargs)
+                    if clean:
+                        break
+                    clean = self._run_checked(args, kwargs, "error")
+                if not clean:
+                    raise RuntimeError("a synchronizing CUDA operation in every warm-up run")
         except Exception as exc:
             self._refused.add(key)
             log.warning("%s: not captured in a CUDA graph (%s); running it plainly", self.name, exc)
@@ -228,14 +240,29 @@ class GraphedCall:
             torch.cuda.current_stream().wait_stream(side)
         while len(self._graphs) >= self.size:
             self._graphs.popitem(last=False)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            output = self.fn(*args, **kwargs)
+        graph, output = self._record(args, kwargs)
         self.captures += 1
         captured = self._graphs[key] = _Captured(graph, inputs, output)
         return captured
+
+    def _record(self, args: Any, kwargs: Any) -> tuple[torch.cuda.CUDAGraph, Any]:
+        """Capture one call into a graph of the shared pool. Unlike `torch.cuda.graph`, the device is not
+        drained nor the allocators' caches emptied first: a capture executes nothing, replays run in stream
+        order, and emptying the caches would make every later allocation (pinned copies included) ask the
+        driver again."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._stream = torch.cuda.Stream()
+        graph = torch.cuda.CUDAGraph()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+            try:
+                output = self.fn(*args, **kwargs)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self._stream)
+        return graph, output
 
 
 class ConditionCache(Generic[V]):

@@ -52,3 +52,39 @@ def test_a_function_that_syncs_with_the_host_runs_plainly() -> None:
     assert graphed(x).tolist() == [3.0] * 3
     assert graphed(x).tolist() == [3.0] * 3
     assert graphed.captures == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_clean_function_is_captured_after_one_warm_up_run() -> None:
+    runs: list[int] = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        runs.append(1)
+        return x * 2
+
+    graphed = GraphedCall(fn)
+    x = torch.ones(3, device="cuda")
+    assert graphed(x).tolist() == [2.0] * 3 and graphed(x).tolist() == [2.0] * 3
+    assert (len(runs), graphed.captures, graphed.replays) == (2, 1, 2)  # one warm-up run, one capture
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_sync_in_the_first_run_only_is_forgiven_when_warmup_allows() -> None:
+    def make() -> tuple[list[int], object]:
+        runs: list[int] = []
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if not runs:
+                float(x.sum())  # the first run syncs, as compilation and autotuning do
+            runs.append(1)
+            return x + 1
+
+        return runs, fn
+
+    runs, fn = make()
+    graphed = GraphedCall(fn, warmup=2)  # type: ignore[arg-type]
+    x = torch.zeros(2, device="cuda")
+    assert graphed(x).tolist() == [1.0, 1.0] and graphed.captures == 1 and len(runs) == 3
+    _, fn = make()
+    strict = GraphedCall(fn, warmup=1)  # type: ignore[arg-type]
+    assert strict(x).tolist() == [1.0, 1.0] and strict.captures == 0

@@ -141,3 +141,17 @@ def test_images_are_queued_without_waiting_for_the_gpu() -> None:
         torch.cuda.set_sync_debug_mode("default")
     again = [image.image() for image in queued]
     assert [_max_diff(a, b) for a, b in zip(first, again, strict=True)] == [0, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_pinned_staging_uploads_what_it_is_given_batch_after_batch() -> None:
+    import numpy as np
+
+    from gpu_model.shaped import PinnedStaging
+
+    staging = PinnedStaging()
+    rng = np.random.default_rng(0)
+    for count in (3, 2, 5, 5):  # a smaller batch reuses the buffer, a larger one replaces it
+        arrays = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(count)]
+        batch = staging.upload(arrays, torch.device("cuda"))
+        assert torch.equal(batch.cpu(), torch.from_numpy(np.stack(arrays)))

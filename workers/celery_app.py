@@ -43,11 +43,14 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     # every child on its first chunk.
     get_engine(get_settings().resolved_database_url)
     Image.preinit()
-    concurrency = getattr(sender, "concurrency", 0)
-    _pool["processes"] = concurrency if isinstance(concurrency, int) else 0
-    # solo and threads pools run tasks in this process: load before the consumer starts.
+    # solo and threads pools run tasks in this process: load before the consumer starts. Only the children of
+    # a prefork pool get a share of the cores; a solo pool (every GPU worker) keeps them all for its threads,
+    # whatever `concurrency` Celery reports for it (the number of cores).
     pool = str(getattr(sender, "pool_cls", "")).lower()
-    if "solo" in pool or "thread" in pool:
+    in_process = "solo" in pool or "thread" in pool
+    concurrency = getattr(sender, "concurrency", 0)
+    _pool["processes"] = concurrency if isinstance(concurrency, int) and not in_process else 0
+    if in_process:
         _load_model()
 
 

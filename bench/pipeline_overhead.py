@@ -24,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,6 +159,26 @@ def read_rate(urls: list[str], s3: Any, threads: int) -> float:
         for _ in pool.map(lambda url: read_url(url, s3), urls):
             pass
     return len(urls) / (time.perf_counter() - started)
+
+
+_CHUNK_LINE = re.compile(
+    r"claimed in (?P<wall>[0-9.]+)s \((?P<ahead>\d+) read ahead\); model (?P<model>[0-9.]+)s, waiting for "
+    r"inputs (?P<inputs>[0-9.]+)s, for bookkeeping (?P<books>[0-9.]+)s"
+)
+
+
+def chunk_times(log: str) -> dict[str, float]:
+    """The worker's own per-chunk time split (its INFO line per chunk), summed over the run: where the
+    processes' time went, and how many items the read-ahead prepared."""
+    names = ("chunks", "wall_s", "model_s", "input_wait_s", "bookkeeping_wait_s", "read_ahead")
+    sums = dict.fromkeys(names, 0.0)
+    for match in _CHUNK_LINE.finditer(log):
+        sums["chunks"] += 1
+        for name, group in (("wall_s", "wall"), ("model_s", "model"), ("input_wait_s", "inputs")):
+            sums[name] += float(match[group])
+        sums["bookkeeping_wait_s"] += float(match["books"])
+        sums["read_ahead"] += int(match["ahead"])
+    return {name: round(value, 2) for name, value in sums.items()}
 
 
 def start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -358,6 +379,7 @@ def main() -> None:
             wall_s = time.perf_counter() - started
             worker_cpu = cpu_seconds(worker) - cpu_before
             stop(worker)
+            chunks = chunk_times(log.read_text(errors="replace"))
             if succeeded != args.items:
                 tail = log.read_text()[-3000:]
                 raise SystemExit(f"job ended {status} with {succeeded} succeeded, {failed} failed:\n{tail}")
@@ -430,6 +452,7 @@ def main() -> None:
                 "async_commit": args.async_commit,
                 "image_bytes": len(store.read(keys[0])),
                 "cpus": os.cpu_count(),
+                "worker_chunks": chunks,
             }
         finally:
             for process in processes:

@@ -45,8 +45,11 @@ def node_name(gpu: str | None) -> str:
 
 
 def celery_argv(*, node: str, queues: Sequence[str], concurrency: int, loglevel: str) -> list[str]:
-    """Arguments for Celery's `worker` command."""
-    pool = ["--pool=solo"] if concurrency <= 1 else ["--pool=prefork", f"--concurrency={concurrency}"]
+    """Arguments for Celery's `worker` command. A solo pool is given its concurrency of 1 too: Celery's
+    default is the number of cores, which sets how many messages the worker reserves (prefetch) and so lets
+    one GPU worker hold chunks others could run, and a priority job wait behind them."""
+    pool = ["--pool=solo"] if concurrency <= 1 else ["--pool=prefork"]
+    pool.append(f"--concurrency={max(1, concurrency)}")
     return [
         "worker",
         "-E",

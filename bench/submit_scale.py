@@ -62,7 +62,9 @@ def main() -> None:
         help="a database on the server; the benchmark creates and drops its own beside it",
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/9")
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="items per chunk message (default: the product's default)"
+    )
     args = parser.parse_args()
 
     name = f"ovis_bench_{uuid.uuid4().hex[:10]}"
@@ -86,7 +88,7 @@ def main() -> None:
                 queue=queue,
                 input_roots=[str(folder)],
                 storage_url=str(folder / "outputs"),
-                chunk_size=args.chunk_size,
+                **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
             )
             client = Client(settings)
 
@@ -120,6 +122,7 @@ def main() -> None:
                 "export_s": round(export_s, 2),
                 "export_mb": round(export_mb, 1),
                 "export_peak_rss_mb": round(_rss_mb(), 1),
+                "chunk_size": settings.chunk_size,
                 "chunks_published": messages,
                 "items_per_s_submit": round(args.items / submit_s),
                 "cpus": os.cpu_count(),

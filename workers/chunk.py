@@ -224,6 +224,7 @@ class ChunkRun:
                 )
                 return []
             self.job_params, self.output_url = dict(job.params), job.output_url
+            self._cancel_checked_at = time.monotonic()  # the flag was just read with the job
             self._leased_at = time.monotonic()
             items, leased = claim_items(
                 session,

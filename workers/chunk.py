@@ -369,8 +369,11 @@ class ChunkRun:
             index = stop
 
     def _read_ahead(self, size: int) -> None:
-        """Once per chunk, have the job's next items prepared (see workers/readahead.py)."""
+        """Once per chunk, have the job's next items prepared (see workers/readahead.py); text-to-image items
+        have no input to fetch, so nothing is read ahead for them."""
         if self._read_ahead_sent or not self.settings.read_ahead or self.rt.stopping.is_set():
+            return
+        if self.kind is JobKind.GENERATE:
             return
         self._read_ahead_sent = True
         # On the bookkeeping thread, which owns the kept connection; drained with the chunk's records.

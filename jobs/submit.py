@@ -11,10 +11,10 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain, islice, repeat
+from itertools import islice, repeat
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 #: Items per insert transaction: large enough for bulk speed, small enough for flat memory.
 INSERT_BATCH = 10_000
 #: Items of the first batch written on their own (whole chunks, at least one), so that workers start while the
-#: rest of the source is read.
+#: rest of the source is read. Later batches double in size up to INSERT_BATCH: each is written while the
+#: workers run the chunks of the one before, so they never wait for a large batch to commit.
 FIRST_BATCH = 1_000
 #: Batches written at once, each on its own database connection.
 WRITERS = 2
@@ -175,9 +176,18 @@ class _BatchWriter:
             send_chunks(self.dispatcher, self.kind, self.job_id, ranges, self.priority)
 
 
+def batch_sizes(first: int, size: int) -> Iterator[int]:
+    """`first`, then twice as many each time up to `size`, then `size` for ever: whole chunks when `first`
+    and `size` are."""
+    step = first
+    while step < size:
+        yield step
+        step *= 2
+    yield from repeat(size)
+
+
 def _batches(items: Iterable[ItemSpec], first: int, size: int) -> Iterator[list[ItemSpec]]:
-    # The first batch of `size` goes in two parts, `first` items and the rest: the same boundaries after it.
-    sizes = chain((first, size - first) if first < size else (), repeat(size))
+    sizes = batch_sizes(first, size)
     iterator = iter(items)
     while batch := list(islice(iterator, next(sizes))):
         yield batch
@@ -242,6 +252,9 @@ def submit_job(
     try:
         with ThreadPoolExecutor(WRITERS, thread_name_prefix="ovis-submit") as pool:
             pending: deque[Future[None]] = deque()
+            prepare = getattr(dispatcher, "prepare", None)
+            if prepare is not None:  # while the first batch is read
+                pool.submit(_quietly, prepare)
             first = 0
             for batch in _batches(items, first_size, batch_size):
                 checked = [check(spec) for spec in batch]
@@ -271,6 +284,13 @@ def submit_job(
         extra={"job_id": job_id, "kind": kind.value, "items": writer.total},
     )
     return job_id
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except Exception as exc:
+        log.debug("broker transport not prepared ahead: %s", exc)
 
 
 def _discard(url: str, job_id: str) -> None:

@@ -17,7 +17,7 @@ from jobs.dispatch import CeleryDispatcher
 from jobs.errors import InvalidSource
 from jobs.lifecycle import JobKind
 from jobs.settings import Settings
-from jobs.submit import INSERT_BATCH, ItemSpec
+from jobs.submit import FIRST_BATCH, INSERT_BATCH, WRITERS, ItemSpec, batch_sizes
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +102,15 @@ def test_chunks_go_out_while_the_source_is_still_read_and_skipped_items_are_copi
     watching = _Watching()
     client = Client(settings, watching)
     first = client.submit_items(JobKind.GENERATE, watching.items(COUNT))
-    # A batch's chunks go out once it commits, while later batches are still being read.
-    assert watching.sent_while_reading >= INSERT_BATCH // 64
+    # A batch's chunks go out once it commits, while later batches are still being read: when the last item
+    # is read, at most WRITERS batches before its own are still being written.
+    sizes, total = [], 0
+    for size in batch_sizes(FIRST_BATCH // 64 * 64, INSERT_BATCH // 64 * 64):
+        if total >= COUNT:
+            break
+        sizes.append(size)
+        total += size
+    assert watching.sent_while_reading >= sum(sizes[: -1 - WRITERS]) // 64 > 0
     assert sorted(watching.chunks)[-1][1] == COUNT
 
     # Pretend the first job finished half of its items; a new job with --skip-existing keeps those.

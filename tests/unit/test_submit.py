@@ -14,7 +14,7 @@ from jobs.db import session_scope
 from jobs.errors import InputNotAllowed, InvalidSource
 from jobs.lifecycle import JobKind
 from jobs.models import Item, Job
-from jobs.submit import ItemSpec, chunk_ranges
+from jobs.submit import ItemSpec, batch_sizes, chunk_ranges
 from tests.helpers import embedded_settings, write_photos
 
 
@@ -53,6 +53,13 @@ def test_chunks_are_sent_per_committed_batch_and_cover_every_item(
     with session_scope(settings.resolved_database_url) as session:
         keys = list(session.scalars(select(Item.key).where(Item.job_id == job_id).order_by(Item.seq)))
     assert keys == [f"i{index:05d}" for index in range(1001)]
+
+
+def test_insert_batches_double_from_the_first_up_to_the_full_size() -> None:
+    sizes = batch_sizes(768, 9984)
+    assert [next(sizes) for _ in range(7)] == [768, 1536, 3072, 6144, 9984, 9984, 9984]
+    sizes = batch_sizes(256, 256)
+    assert [next(sizes) for _ in range(2)] == [256, 256]
 
 
 def test_a_bad_item_anywhere_discards_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,10 @@ import os
 import time
 from collections.abc import Sequence
 
+from jobs.errors import InputNotAllowed
 from jobs.webdataset import parse_member_url, read_member
 from storage import S3Options, is_within, read_url
+from storage.local import read_regular_file
 
 #: Folders remembered by one InputRoots; past this the memo starts again (flat memory on huge sources).
 _MEMO_LIMIT = 65_536
@@ -52,6 +54,25 @@ class InputRoots:
         return allowed or is_within(url, self.roots)
 
 
+def _plain_local_path(url: str) -> str | None:
+    """`url` when it names a local file by an absolute, normal path (no tar member, no "." or ".." parts)."""
+    if "://" in url or "#" in url or not url.startswith("/") or "/." in url or "//" in url:
+        return None
+    return None if url.endswith("/") else url
+
+
+def _folder_allowed(folder: str, roots: Sequence[str]) -> bool:
+    """Whether the real path of a local folder lies inside a root, remembered for _WORKER_MEMO_S."""
+    key = (folder, tuple(roots))
+    now = time.monotonic()
+    cached = _worker_folders.get(key)
+    if cached is None or now - cached[1] > _WORKER_MEMO_S:
+        if len(_worker_folders) >= _MEMO_LIMIT:
+            _worker_folders.clear()
+        cached = _worker_folders[key] = (is_within(folder or "/", roots), now)
+    return cached[0]
+
+
 def input_allowed(url: str, roots: Sequence[str]) -> bool:
     """The worker's check before reading: real paths, for plain objects and tar members alike.
 
@@ -66,16 +87,25 @@ def input_allowed(url: str, roots: Sequence[str]) -> bool:
     folder, _, name = target.rpartition("/")
     if name in ("", ".", "..") or "/." in target or "//" in target:
         return is_within(target, roots)
-    key = (folder, tuple(roots))
-    now = time.monotonic()
-    cached = _worker_folders.get(key)
-    if cached is None or now - cached[1] > _WORKER_MEMO_S:
-        if len(_worker_folders) >= _MEMO_LIMIT:
-            _worker_folders.clear()
-        cached = _worker_folders[key] = (is_within(folder or "/", roots), now)
-    if not cached[0] or os.path.islink(target):
+    if not _folder_allowed(folder, roots) or os.path.islink(target):
         return is_within(target, roots)
     return True
+
+
+def read_allowed_input(url: str, roots: Sequence[str], s3: S3Options | None) -> bytes:
+    """What a worker does with an item's input: `input_allowed`, then `read_input`; raises InputNotAllowed.
+
+    A plain local file in a folder known to be allowed is opened without following a symlink, which is the
+    check and the open in one system call; a symlink, and everything else, takes the two steps.
+    """
+    path = _plain_local_path(url)
+    if path is not None and _folder_allowed(path.rpartition("/")[0], roots):
+        data = read_regular_file(path)
+        if data is not None:
+            return data
+    if not input_allowed(url, roots):
+        raise InputNotAllowed(f"{url} is outside the allowed input roots")
+    return read_input(url, s3)
 
 
 def read_input(url: str, s3: S3Options | None) -> bytes:

@@ -250,10 +250,11 @@ def submit_job(
     batch_size = max(1, INSERT_BATCH // settings.chunk_size) * settings.chunk_size
     first_size = min(batch_size, max(1, FIRST_BATCH // settings.chunk_size) * settings.chunk_size)
     try:
-        with ThreadPoolExecutor(WRITERS, thread_name_prefix="ovis-submit") as pool:
+        # One thread more than the writers: the dispatcher prepares on it while the first batches are written.
+        with ThreadPoolExecutor(WRITERS + 1, thread_name_prefix="ovis-submit") as pool:
             pending: deque[Future[None]] = deque()
             prepare = getattr(dispatcher, "prepare", None)
-            if prepare is not None:  # while the first batch is read
+            if prepare is not None:
                 pool.submit(_quietly, prepare)
             first = 0
             for batch in _batches(items, first_size, batch_size):
@@ -261,6 +262,10 @@ def submit_job(
                 if len(pending) == WRITERS:
                     pending.popleft().result()
                 pending.append(pool.submit(writer.write, first, checked))
+                if first == 0:
+                    # The first chunks go out before the rest of the source is read: reading holds the GIL,
+                    # and the writer publishing them would wait for it at every round trip.
+                    pending.popleft().result()
                 first += len(checked)
             for future in pending:
                 future.result()

@@ -99,6 +99,23 @@ def read_file(path: str) -> bytes:
         raise _wrap_os_error(exc, path) from exc
 
 
+def read_regular_file(path: str) -> bytes | None:
+    """Read one local file whose last path component is no symlink; None when it is one (the caller decides
+    whether to follow it). The test and the open are one system call, with nothing in between to swap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise _wrap_os_error(exc, path) from exc
+    try:
+        return _read_to_end(fd)
+    except OSError as exc:
+        raise _wrap_os_error(exc, path) from exc
+    finally:
+        os.close(fd)
+
+
 def _read_to_end(fd: int) -> bytes:
     # Plain reads on the descriptor, no file object: one read for a small file, and one that sees its end.
     chunks = []

@@ -27,7 +27,7 @@ from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateR
 from jobs import errors
 from jobs.db import get_engine, session_scope
 from jobs.export import write_results
-from jobs.inputs import input_allowed, read_input
+from jobs.inputs import read_allowed_input
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.params import item_seed, resolve
 from jobs.state import (
@@ -544,10 +544,8 @@ class ChunkRun:
 
     def _load_image(self, url: str) -> Image.Image:
         # jobs.inputs reads plain objects and WebDataset tar members (`shard.tar#member@offset+size`).
-        if not input_allowed(url, self.input_roots):
-            raise errors.InputNotAllowed(f"{url} is outside the allowed input roots")
         try:
-            data = read_input(url, self.s3)
+            data = read_allowed_input(url, self.input_roots, self.s3)
         except storage.ObjectNotFound:
             raise errors.InputMissing(f"{url} does not exist") from None
         except storage.StorageUnavailable as exc:

@@ -51,17 +51,17 @@ class Reads:
         self.fail = set(fail)
         self.failing = bool(fail)
         self._lock = threading.Lock()
-        real = chunk.read_input
+        real = chunk.read_allowed_input
 
-        def read(url: str, options: Any) -> bytes:
+        def read(url: str, roots: Sequence[str], options: Any) -> bytes:
             with self._lock:
                 self.count[url] += 1
                 if self.failing and url in self.fail:
                     self.failed[url] += 1
                     raise storage.StorageUnavailable(f"{url}: storage unavailable (simulated)")
-            return real(url, options)
+            return real(url, roots, options)
 
-        monkeypatch.setattr(chunk, "read_input", read)
+        monkeypatch.setattr(chunk, "read_allowed_input", read)
 
 
 def _settle(runner: EmbeddedRunner) -> None:

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.errors import InvalidSource
-from jobs.inputs import InputRoots, input_allowed, read_input
+from jobs.errors import InputNotAllowed, InvalidSource
+from jobs.inputs import InputRoots, input_allowed, read_allowed_input, read_input
 from jobs.lifecycle import JobKind
 from jobs.sources import Columns, iter_source
 from jobs.webdataset import expand_braces, parse_member_url
-from storage import is_within
+from storage import ObjectNotFound, is_within
 from tests.helpers import write_photos
 from tests.webdataset_helpers import write_shard
 
@@ -150,6 +150,27 @@ def test_webdataset_shards_become_items_addressed_by_shard_and_member(tmp_path: 
 def test_brace_ranges_expand_with_their_padding() -> None:
     assert expand_braces("s3://b/{008..011}.tar") == [f"s3://b/{n:03d}.tar" for n in range(8, 12)]
     assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def test_a_worker_reads_inputs_by_their_real_paths(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "a.jpg").write_bytes(b"inside")
+    (outside / "secret.jpg").write_bytes(b"secret")
+    os.symlink(root / "sub" / "a.jpg", root / "inner-link.jpg")
+    os.symlink(outside / "secret.jpg", root / "outer-link.jpg")
+    os.symlink(outside, root / "linked-folder")
+    roots = [str(root)]
+    assert read_allowed_input(str(root / "sub" / "a.jpg"), roots, None) == b"inside"
+    assert read_allowed_input(str(root / "inner-link.jpg"), roots, None) == b"inside"  # followed: inside
+    for url in (root / "outer-link.jpg", root / "linked-folder" / "secret.jpg", outside / "secret.jpg"):
+        with pytest.raises(InputNotAllowed):
+            read_allowed_input(str(url), roots, None)
+    with pytest.raises(InputNotAllowed):  # not normal: the full check sees where it leads
+        read_allowed_input(f"{root}/sub/../../outside/secret.jpg", roots, None)
+    with pytest.raises(ObjectNotFound):
+        read_allowed_input(str(root / "sub" / "missing.jpg"), roots, None)
 
 
 def test_input_roots_memo_agrees_with_is_within(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,28 @@ def test_chunks_are_sent_per_committed_batch_and_cover_every_item(
     with session_scope(settings.resolved_database_url) as session:
         keys = list(session.scalars(select(Item.key).where(Item.job_id == job_id).order_by(Item.seq)))
     assert keys == [f"i{index:05d}" for index in range(1001)]
+
+
+def test_the_first_chunks_go_out_before_the_rest_of_the_source_is_read(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, chunk_size=256)
+    read = 0
+    seen_at_first_send: list[int] = []
+
+    def items() -> Iterator[ItemSpec]:
+        nonlocal read
+        for index in range(5000):
+            read += 1
+            yield ItemSpec(key=f"p{index}", text=f"prompt {index}")
+
+    class Watching(RecordingDispatcher):
+        def send_chunk(self, kind: JobKind, job_id: str, start: int, stop: int, priority: int) -> None:
+            if not self.chunks:
+                seen_at_first_send.append(read)
+            super().send_chunk(kind, job_id, start, stop, priority)
+
+    Client(settings, Watching()).submit_items(JobKind.GENERATE, items())
+    first = max(1, submit_module.FIRST_BATCH // 256) * 256
+    assert seen_at_first_send == [first]
 
 
 def test_insert_batches_double_from_the_first_up_to_the_full_size() -> None:

@@ -46,6 +46,8 @@ class JobReport:
     source: str
     #: Items whose output already existed (`--skip-existing`), counted in `succeeded` too.
     skipped: int = 0
+    #: The submission is still reading the source: `total` grows and the job cannot end yet.
+    submitting: bool = False
 
     @property
     def done(self) -> int:
@@ -79,6 +81,7 @@ def _report(job: Job) -> JobReport:
         export_url=job.export_url,
         source=job.source,
         skipped=job.n_skipped,
+        submitting=job.submitting,
     )
 
 

@@ -243,7 +243,7 @@ def _print_report(report: JobReport, errors: dict[str, int]) -> None:
         ("kind", report.kind),
         ("status", report.status),
         ("priority", report.priority),
-        ("items", report.total),
+        ("items", f"{report.total} so far, the source is still read" if report.submitting else report.total),
         ("queued", report.queued),
         ("running", report.running),
         ("succeeded", report.succeeded),

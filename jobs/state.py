@@ -152,6 +152,8 @@ _FINALIZE = (
         _J.id == bindparam("job"),
         _J.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
         _J.n_succeeded + _J.n_failed + _J.n_cancelled >= _J.total,
+        # A cancelled job is final once its items ended, even if its submission never completed.
+        or_(_J.submitting.is_(False), _J.cancel_requested.is_(True)),
     )
     .values(
         status=case(

@@ -241,6 +241,7 @@ def submit_job(
                 n_cancelled=0,
                 n_skipped=0,
                 cancel_requested=False,
+                submitting=True,
             )
         )
         if skip_existing:
@@ -279,8 +280,7 @@ def submit_job(
             ) from None
         raise
     refresh_statistics(url, writer.total)
-    if writer.queued == 0:
-        _finish_without_work(settings, job_id)
+    _end_submission(settings, job_id)
     log.info(
         "submitted job %s: %d items, %d skipped",
         job_id,
@@ -307,10 +307,14 @@ def _discard(url: str, job_id: str) -> None:
         session.execute(delete(Job).where(Job.id == job_id))
 
 
-def _finish_without_work(settings: Settings, job_id: str) -> None:
-    # Every item was skipped: no worker will see this job, so it is finalized (and exported) here.
+def _end_submission(settings: Settings, job_id: str) -> None:
+    """Mark the job's item list complete. If no item is left to run (every one skipped, or the workers ended
+    them all while the source was still read), no worker will finalize the job: it is finalized and exported
+    here."""
     from jobs.export import write_results
 
     with session_scope(settings.resolved_database_url) as session:
-        finalize_job(session, job_id=job_id)
-    write_results(settings, job_id)
+        session.execute(update(Job).where(Job.id == job_id).values(submitting=False))
+        status = finalize_job(session, job_id=job_id)
+    if status is not None:
+        write_results(settings, job_id)

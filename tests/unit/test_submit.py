@@ -17,6 +17,8 @@ from jobs.lifecycle import JobKind
 from jobs.models import Item, Job
 from jobs.submit import ItemSpec, batch_sizes, chunk_ranges
 from tests.helpers import embedded_settings, write_photos
+from workers.chunk import run_chunk
+from workers.embedded import EmbeddedRunner
 
 
 class RecordingDispatcher:
@@ -76,6 +78,29 @@ def test_the_first_chunks_go_out_before_the_rest_of_the_source_is_read(tmp_path:
     Client(settings, Watching()).submit_items(JobKind.GENERATE, items())
     first = max(1, submit_module.FIRST_BATCH // 256) * 256
     assert seen_at_first_send == [first]
+
+
+def test_a_job_is_not_final_while_its_submission_still_inserts_items(tmp_path: Path) -> None:
+    # The workers end every item of the first batch before the next batch commits: the job stays open.
+    settings = embedded_settings(tmp_path, chunk_size=256)
+    runner = EmbeddedRunner(settings)
+    statuses: list[str] = []
+
+    class RunAtOnce(RecordingDispatcher):
+        def send_chunk(self, kind: JobKind, job_id: str, start: int, stop: int, priority: int) -> None:
+            run_chunk(runner.runtime, kind, job_id, start, stop)
+            report = runner.client.status(job_id)
+            statuses.append(report.status)
+            assert report.submitting
+
+    items = (ItemSpec(key=f"p{index}", text=f"prompt {index}") for index in range(2000))
+    job_id = Client(settings, RunAtOnce()).submit_items(JobKind.GENERATE, items)
+    assert set(statuses) == {"running"}
+    report = runner.client.status(job_id)
+    assert (report.status, report.succeeded, report.total) == ("succeeded", 2000, 2000)
+    assert not report.submitting
+    # Its results were written once it was final, by the submission (no worker saw the end).
+    assert (tmp_path / "outputs" / job_id / "results.jsonl").exists()
 
 
 def test_insert_batches_double_from_the_first_up_to_the_full_size() -> None:

@@ -82,12 +82,8 @@ def input_allowed(url: str, roots: Sequence[str]) -> bool:
     """
     member = parse_member_url(url)
     target = member.shard if member is not None else url
-    if "://" in target or not target.startswith("/"):
-        return is_within(target, roots)
-    folder, _, name = target.rpartition("/")
-    if name in ("", ".", "..") or "/." in target or "//" in target:
-        return is_within(target, roots)
-    if not _folder_allowed(folder, roots) or os.path.islink(target):
+    path = _plain_local_path(target)
+    if path is None or not _folder_allowed(path.rpartition("/")[0], roots) or os.path.islink(path):
         return is_within(target, roots)
     return True
 

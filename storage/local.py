@@ -87,10 +87,10 @@ class LocalStore(Store):
         yield from _walk(top, base, prefix)
 
 
-def read_file(path: str) -> bytes:
-    """Read one local file, wrapping OSError into the package's errors."""
+def read_file(path: str, *, flags: int = 0) -> bytes:
+    """Read one local file (os.open `flags` added), wrapping OSError into the package's errors."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
         try:
             return _read_to_end(fd)
         finally:
@@ -103,17 +103,11 @@ def read_regular_file(path: str) -> bytes | None:
     """Read one local file whose last path component is no symlink; None when it is one (the caller decides
     whether to follow it). The test and the open are one system call, with nothing in between to swap."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        return read_file(path, flags=os.O_NOFOLLOW)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ELOOP:
             return None
-        raise _wrap_os_error(exc, path) from exc
-    try:
-        return _read_to_end(fd)
-    except OSError as exc:
-        raise _wrap_os_error(exc, path) from exc
-    finally:
-        os.close(fd)
+        raise
 
 
 def _read_to_end(fd: int) -> bytes:

@@ -88,9 +88,10 @@ _CLAIM_STARTING = (
     .values(attempts=1)
     .returning(*_CLAIMED)
 )
-# Items of a job nobody holds or tried, from a seq on: what a worker may prepare before its next claim.
+# Items of a job nobody holds or tried, from a seq on: what a worker prepares ahead of its next chunk, claimed
+# for it (the sub-select picks them; SKIP LOCKED leaves rows another claim is moving to that claim).
 _NEXT_QUEUED = (
-    select(*_CLAIMED)
+    select(_C.seq)
     .where(
         _C.job_id == bindparam("job"),
         _C.seq >= bindparam("after"),
@@ -101,6 +102,20 @@ _NEXT_QUEUED = (
     .order_by(_C.seq)
     .limit(bindparam("limit"))
 )
+
+
+@functools.cache
+def _claim_next_statement(postgresql: bool) -> Update:
+    chosen = _NEXT_QUEUED.with_for_update(skip_locked=True) if postgresql else _NEXT_QUEUED
+    return (
+        update(_ITEMS)
+        .where(_C.job_id == bindparam("job"), _C.seq.in_(chosen.scalar_subquery()), _C.status == _QUEUED)
+        .values(_CLAIM)
+        .values(attempts=1)
+        .returning(*_CLAIMED)
+    )
+
+
 _START_JOB = (
     update(_JOBS)
     .where(_J.id == bindparam("job"), _J.status == JobStatus.QUEUED.value)
@@ -167,9 +182,11 @@ _FINALIZE = (
     .returning(_J.status)
 )
 _CANCEL_REQUESTED = select(_J.cancel_requested).where(_J.id == bindparam("job"))
-_JOB_FOR_CHUNK = select(_J.params, _J.output_url, _J.cancel_requested, _J.status).where(
+_JOB_FOR_CHUNK = select(_J.params, _J.output_url, _J.cancel_requested, _J.status, _J.priority).where(
     _J.id == bindparam("job")
 )
+
+_JOB_QUEUED = select(or_(_J.n_queued > 0, _J.submitting.is_(True))).where(_J.id == bindparam("job"))
 
 
 def _rowcount(result: object) -> int:
@@ -282,16 +299,34 @@ def claim_items(
     return sorted(items, key=lambda item: item.seq), leased
 
 
-def next_queued_items(
-    session: Session, *, job_id: str, after: int, before: int, limit: int
+def claim_next_items(
+    session: Session,
+    *,
+    job_id: str,
+    after: int,
+    before: int,
+    limit: int,
+    worker: str,
+    lease_seconds: int,
 ) -> list[ClaimedItem]:
-    """Up to `limit` queued, never tried items of a job with `after` <= seq < `before`, in seq order, read
-    without claiming them (read-ahead of the next chunk): anyone may claim them, or they may change, by then.
+    """Claim for `worker` up to `limit` queued, never tried items of a job with `after` <= seq < `before`, in
+    seq order: the read-ahead of a worker's next chunk. Their attempt is counted here (`counted`), as they
+    are fetched at once; a chunk that claims their range later leaves them to this worker.
     """
-    rows = session.execute(
-        _NEXT_QUEUED, {"job": job_id, "after": after, "before": before, "limit": limit}
-    ).all()
-    return [ClaimedItem(*row) for row in rows]
+    t = now()
+    params = {
+        "job": job_id,
+        "after": after,
+        "before": before,
+        "limit": limit,
+        "t": t,
+        "b_worker": worker,
+        "b_lease_until": t + timedelta(seconds=lease_seconds),
+    }
+    rows = session.execute(_claim_next_statement(_is_postgresql(session)), params).all()
+    _move_counters(session, job_id, ItemStatus.QUEUED, ItemStatus.RUNNING, len(rows))
+    items = [ClaimedItem(r.seq, r.key, r.source, r.text, r.params, attempts=0, counted=True) for r in rows]
+    return sorted(items, key=lambda item: item.seq)
 
 
 def _seq_in(name: str, postgresql: bool) -> ColumnElement[bool]:
@@ -373,9 +408,14 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
 
 
 def job_for_chunk(session: Session, *, job_id: str) -> Any:
-    """What a worker reads of a job before claiming a chunk (params, output_url, cancel_requested, status);
-    None for an unknown job."""
+    """What a worker reads of a job before claiming a chunk (params, output_url, cancel_requested, status,
+    priority); None for an unknown job."""
     return session.execute(_JOB_FOR_CHUNK, {"job": job_id}).first()
+
+
+def job_has_queued_items(connection: Session | Connection, *, job_id: str) -> bool:
+    """Whether a job has queued items, or its submission may still add some (from its counters)."""
+    return bool(connection.execute(_JOB_QUEUED, {"job": job_id}).scalar())
 
 
 def cancel_requested(connection: Session | Connection, *, job_id: str) -> bool:

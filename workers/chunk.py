@@ -36,9 +36,10 @@ from jobs.state import (
     cancel_requested,
     checkpoint_items,
     claim_items,
+    claim_next_items,
     finalize_job,
     job_for_chunk,
-    next_queued_items,
+    job_has_queued_items,
     record_failures,
     record_successes,
     release_items,
@@ -149,6 +150,9 @@ class ChunkRun:
         self.outcome = ChunkOutcome()
         self.job_params: dict[str, Any] = {}
         self.output_url = ""
+        self.priority = 0
+        #: The job was cancelled when the chunk came: nothing runs, what it holds is cancelled.
+        self.job_cancelled = False
         self.open: set[int] = set()  # claimed seqs not yet recorded
         self.started: set[int] = set()  # claimed seqs whose attempt this run counted
         # SQL bookkeeping (leases, attempts, results) runs in order on the runtime's one bookkeeping thread,
@@ -178,8 +182,9 @@ class ChunkRun:
             self._drain(raise_errors=False)
             self._close_reader()
             self._close_writer()
+            self.rt.read_ahead.chunk_ended()
             self.outcome.wall_s = time.perf_counter() - started
-            self.outcome.read_ahead = self._taken.used
+            self.outcome.read_ahead += self._taken.used
             if self.outcome.claimed:
                 o = self.outcome
                 log.info(
@@ -200,9 +205,13 @@ class ChunkRun:
     def _run(self) -> ChunkOutcome:
         try:
             items = self._claim()
-            self._taken = self.rt.read_ahead.take(self.job_id, self.kind.value, items)
-            if items:
+            items = sorted([*items, *self._take_read_ahead(items)], key=lambda item: item.seq)
+            if items and not self.job_cancelled:
                 self._process(items)
+                # With no queued item left in the job, no later chunk of it may come to this worker: what
+                # this chunk claimed ahead runs now rather than wait for one.
+                if self._read_ahead_sent and self.rt.read_ahead.holds(self.job_id) and not self._job_queued():
+                    self._process(self._take_read_ahead([]))
             self._finish()
         except _DB_ERRORS as exc:
             self._release()  # when the database is back already; else the leases expire
@@ -218,7 +227,9 @@ class ChunkRun:
             if job is None:
                 log.warning("chunk of unknown job %s dropped", self.job_id, extra={"job_id": self.job_id})
                 return []
+            self.priority = job.priority
             if job.cancel_requested:
+                self.job_cancelled = True
                 self.outcome.cancelled += cancel_items(
                     session, job_id=self.job_id, seqs=list(range(self.start, self.stop))
                 )
@@ -237,8 +248,8 @@ class ChunkRun:
                 starting_below=self.start + self._first_window(),
                 job_queued=job.status == JobStatus.QUEUED.value,
             )
-        if leased:
-            log.info(
+        if leased:  # read ahead by another worker, which runs them; or held by one that died
+            log.debug(
                 "items %d-%d of job %s are leased by another worker; the reconciler re-dispatches them "
                 "if their lease expires",
                 self.start,
@@ -250,6 +261,27 @@ class ChunkRun:
         self.started = {item.seq for item in items if item.counted}
         self.outcome.claimed = len(items)
         return items
+
+    def _take_read_ahead(self, claimed: list[ClaimedItem]) -> list[ClaimedItem]:
+        """Take what the read-ahead holds for this chunk; return the items claimed ahead for this worker,
+        which the chunk runs besides those it claimed."""
+        self.outcome.read_ahead += self._taken.used
+        self._taken = self.rt.read_ahead.take(self.job_id, self.kind.value, claimed)
+        owned = self._taken.owned
+        seqs = {item.seq for item in owned}
+        self.open |= seqs
+        self.started |= seqs
+        self.outcome.claimed += len(seqs)
+        return [] if self.job_cancelled else owned
+
+    def _job_queued(self) -> bool:
+        """Whether the job has queued items or its submission still inserts some: one round trip on the
+        connection the chunk keeps for reads."""
+        try:
+            return job_has_queued_items(self._read_connection(), job_id=self.job_id)
+        except _DB_ERRORS:
+            self._close_reader()
+            raise
 
     def _process(self, items: list[ClaimedItem]) -> None:
         # An item whose earlier attempt ended without a result may be what killed that worker: such items run
@@ -380,29 +412,35 @@ class ChunkRun:
         self._records.append(self.rt.bookkeeper.submit(self._prepare_next, size))
 
     def _prepare_next(self, size: int) -> None:
-        """Read the job's next untouched items, at most the next chunk's first micro-batch (if chunks are
-        smaller than micro-batches, one chunk), and hand them to the I/O threads. Best effort: a failure only
-        costs the next chunk its head start."""
+        """Claim the job's next untouched items, at most the next chunk's first micro-batch (if chunks are
+        smaller than micro-batches, one chunk), and hand them to the I/O threads; this worker's next chunk
+        runs them (see workers/readahead.py). Best effort: a failure only costs the next chunk its head
+        start."""
         try:
             with self._bookkeeping() as session:
                 # The next two chunks' ranges at most: a chunk further on is not this worker's next.
                 length = self.stop - self.start
-                items = next_queued_items(
+                items = claim_next_items(
                     session,
                     job_id=self.job_id,
                     after=self.stop,
                     before=self.stop + 2 * length,
                     limit=min(size, length),
+                    worker=self.rt.name,
+                    lease_seconds=self.settings.lease_seconds,
                 )
-            groups = [items[index:stop] for _, index, stop in self._groups(0, len(items), size)]
-            prepared = [(group, self.rt.io_pool.submit(self._prepare_group, group)) for group in groups]
         except _DB_ERRORS as exc:  # the chunk's own bookkeeping reports the database
             log.debug("no read-ahead for job %s: %s", self.job_id, exc, extra={"job_id": self.job_id})
             return
-        except Exception:
-            log.warning("no read-ahead for job %s", self.job_id, exc_info=True, extra={"job_id": self.job_id})
+        if not items:
             return
-        self.rt.read_ahead.hold(self.job_id, self.kind.value, prepared)
+        groups = [items[index:stop] for _, index, stop in self._groups(0, len(items), size)]
+        try:
+            prepared = [(group, self.rt.io_pool.submit(self._prepare_group, group)) for group in groups]
+        except RuntimeError:  # the I/O threads were shut down: the worker is stopping
+            self.rt.give_back(self.job_id, self.kind.value, self.priority, items)
+            return
+        self.rt.read_ahead.hold(self.job_id, self.kind.value, prepared, owned=True, priority=self.priority)
 
     def _lookahead(self, size: int) -> int:
         """Items fetched ahead of the micro-batch the model runs."""
@@ -474,6 +512,10 @@ class ChunkRun:
             log.warning(
                 "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
             )
+            return
+        # The chunk's message comes back for its own range; items claimed ahead outside it need their own.
+        outside = [seq for seq in self.open if not self.start <= seq < self.stop]
+        self.rt.send_again(self.kind.value, self.job_id, self.priority, outside)
 
     def _checkpoint(self, seqs: list[int], renew: bool) -> None:
         """Count an attempt for the items about to be fetched and, if `renew`, extend the lease of the items
@@ -515,13 +557,18 @@ class ChunkRun:
         if now - self._cancel_checked_at < CANCEL_CHECK_S:
             return False
         self._cancel_checked_at = now
-        if self._reader is None:
-            self._reader = get_engine(self.db).connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            return cancel_requested(self._reader, job_id=self.job_id)
+            return cancel_requested(self._read_connection(), job_id=self.job_id)
         except _DB_ERRORS:
             self._close_reader()
             raise
+
+    def _read_connection(self) -> Connection:
+        """The connection the chunk keeps for reads on the model's thread (autocommit: no transaction, no
+        pool checkout, no ping)."""
+        if self._reader is None:
+            self._reader = get_engine(self.db).connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._reader
 
     def _close_reader(self) -> None:
         _close_quietly(self._reader)

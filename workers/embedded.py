@@ -49,6 +49,7 @@ class EmbeddedRunner:
         self.dispatcher = InlineDispatcher()
         self.client = Client(settings, self.dispatcher)
         self.runtime = WorkerRuntime(settings, backend)
+        self.runtime.dispatcher = self.dispatcher
         WorkerRuntime.install(self.runtime)
         self.error: BaseException | None = None
 

@@ -1,13 +1,15 @@
 """Read-ahead: the first micro-batch of a job's next chunk, fetched and decoded while the current chunk ends.
 
 Chunks of a job are dispatched in seq order, so the items after a chunk's range most likely make the next
-chunk this worker runs. Preparing them early, without claiming them, keeps the model busy across the chunk
-boundary. The next chunk takes what it claimed of them and fetches the rest as usual; everything else held
-is dropped. Nothing is written to the database, and at most one speculation is held.
+chunk this worker runs; but where several workers share the queue, another one often runs that chunk. So the
+items read ahead are claimed for this worker (`jobs.state.claim_next_items`): the chunk that covers them,
+wherever it runs, leaves them alone, and this worker's next chunk of the same job runs them with its own
+items. Nothing is fetched twice.
 
-Decoding ahead happens before the item's attempt is counted: should a decoder crash the worker on such an
-item, the chunk running then is charged that attempt, and the item itself is charged when its own chunk
-decodes it again (so it is still the one quarantined in the end).
+Claimed items are handed back (to the queue, with their attempt taken back, and published again as a chunk of
+their own) when the next chunk is of another job or kind, or when no chunk comes within `hold_s` of the end of
+the chunk that claimed them (the job's last chunks went to other workers, or the worker is stopping). What
+was prepared is then still kept as a speculation: a chunk of this worker that claims those items takes it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from jobs.state import ClaimedItem
@@ -47,12 +49,35 @@ def same_item(a: ClaimedItem, b: ClaimedItem) -> bool:
     return (a.seq, a.key, a.source, a.text, a.params) == (b.seq, b.key, b.source, b.text, b.params)
 
 
+#: Seconds items claimed ahead wait for this worker's next chunk after the chunk that claimed them ended. A
+#: worker that has its next message waiting starts it within milliseconds.
+HOLD_S = 0.5
+
+#: What hands claimed items back: (job_id, kind, priority, items).
+GiveBack = Callable[[str, str, int, list[ClaimedItem]], None]
+
+
 @dataclass
 class _Held(Generic[W]):
     job_id: str
     kind: str
     #: Items in seq order, in the groups they were handed to the I/O threads in, with each group's future.
     groups: list[tuple[Sequence[ClaimedItem], Future[list[W]]]]
+    #: Whether the items are claimed for this worker (else only read: a speculation).
+    owned: bool = False
+    priority: int = 0
+    timer: threading.Timer | None = field(default=None, repr=False)
+
+    @property
+    def items(self) -> list[ClaimedItem]:
+        return [item for group, _ in self.groups for item in group]
+
+    def drop(self) -> None:
+        """Cancel what has not started and the hand-back timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+        for _, future in self.groups:
+            future.cancel()
 
 
 def _failed(future: Future[list[W]]) -> bool:
@@ -60,33 +85,53 @@ def _failed(future: Future[list[W]]) -> bool:
 
 
 class ReadAhead(Generic[W]):
-    """The one speculation a worker holds: set by the bookkeeping thread, taken by the next chunk."""
+    """What a worker holds ahead: set by the bookkeeping thread, taken by the next chunk."""
 
-    def __init__(self) -> None:
+    def __init__(self, give_back: GiveBack | None = None, hold_s: float = HOLD_S) -> None:
         self._lock = threading.Lock()
         self._held: _Held[W] | None = None
+        self._give_back = give_back
+        self.hold_s = hold_s
 
     def hold(
-        self, job_id: str, kind: str, groups: Sequence[tuple[Sequence[ClaimedItem], Future[list[W]]]]
+        self,
+        job_id: str,
+        kind: str,
+        groups: Sequence[tuple[Sequence[ClaimedItem], Future[list[W]]]],
+        *,
+        owned: bool = False,
+        priority: int = 0,
     ) -> None:
-        """Keep a new speculation; the one held before is dropped."""
+        """Keep new prepared work, its items claimed for this worker if `owned`; what was held is dropped
+        (and handed back if it was claimed)."""
         with self._lock:
-            old, self._held = self._held, _Held(job_id, kind, list(groups))
+            old, self._held = self._held, _Held(job_id, kind, list(groups), owned, priority)
         if old is not None:
-            for _, future in old.groups:
-                future.cancel()
+            self._drop(old)
 
     def take(self, job_id: str, kind: str, items: Sequence[ClaimedItem]) -> Taken[W]:
-        """The speculation's work for the claimed `items` of the same job and kind; the rest is dropped.
+        """The held work for a chunk of `job_id` and `kind` that claimed `items`: all of it when it is claimed
+        for this worker (`Taken.owned` lists the items the chunk then runs besides its own), else the work of
+        the claimed `items`. Work of another job or kind is dropped, claimed items handed back.
 
         Groups whose fetch already failed are left out, so that their items are fetched again as usual.
         """
         with self._lock:
             held, self._held = self._held, None
-        found: dict[int, tuple[Future[list[W]], int]] = {}
         if held is None:
-            return Taken(found)
-        claimed = {item.seq: item for item in items} if (held.job_id, held.kind) == (job_id, kind) else {}
+            return Taken({})
+        if held.timer is not None:
+            held.timer.cancel()
+        if (held.job_id, held.kind) != (job_id, kind):
+            self._drop(held)
+            return Taken({})
+        if held.owned:
+            claimed = {item.seq: item for item in held.items}
+            owned = list(claimed.values())
+        else:
+            claimed = {item.seq: item for item in items}
+            owned = []
+        found: dict[int, tuple[Future[list[W]], int]] = {}
         for group, future in held.groups:
             kept = False
             if not _failed(future):
@@ -97,14 +142,54 @@ class ReadAhead(Generic[W]):
                         kept = True
             if not kept:
                 future.cancel()
-        return Taken(found)
+        return Taken(found, owned)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether items of `job_id` are held claimed for this worker."""
+        with self._lock:
+            return self._held is not None and self._held.owned and self._held.job_id == job_id
+
+    def chunk_ended(self) -> None:
+        """Start the wait for the next chunk: claimed items not taken within `hold_s` are handed back."""
+        with self._lock:
+            held = self._held
+            if held is None or not held.owned or held.timer is not None:
+                return
+            held.timer = threading.Timer(self.hold_s, self._expire, args=(held,))
+            held.timer.daemon = True
+            held.timer.start()
+
+    def _expire(self, held: _Held[W]) -> None:
+        with self._lock:
+            if self._held is not held or not held.owned:
+                return
+            held.owned = False  # what was prepared stays, as a speculation
+        self._hand_back(held)
+
+    def _drop(self, held: _Held[W]) -> None:
+        held.drop()
+        if held.owned:
+            self._hand_back(held)
+
+    def _hand_back(self, held: _Held[W]) -> None:
+        items = held.items
+        if not items:
+            return
+        if self._give_back is None:
+            log.warning("%d items of job %s read ahead are left to their lease", len(items), held.job_id)
+            return
+        self._give_back(held.job_id, held.kind, held.priority, items)
 
 
 class Taken(Generic[W]):
     """The prepared work a chunk took from a speculation, by seq; `used` counts the items it served."""
 
-    def __init__(self, found: dict[int, tuple[Future[list[W]], int]]) -> None:
+    def __init__(
+        self, found: dict[int, tuple[Future[list[W]], int]], owned: Sequence[ClaimedItem] = ()
+    ) -> None:
         self._found = found
+        #: Items claimed ahead for this worker, which the chunk runs besides those it claimed.
+        self.owned = list(owned)
         self.used = 0
 
     def __len__(self) -> int:

@@ -8,11 +8,16 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gpu_model import Backend, BackendInfo, BackendOptions, create_backend
+from jobs.db import session_scope
+from jobs.dispatch import Dispatcher
+from jobs.lifecycle import JobKind
 from jobs.settings import Settings, get_settings
+from jobs.state import ClaimedItem, release_items
 from storage import Store, open_store
 from workers.readahead import ReadAhead
 
@@ -63,8 +68,47 @@ class WorkerRuntime:
         self.bookkeeper = ThreadPoolExecutor(1, thread_name_prefix="ovis-record")
         #: Set on a graceful shutdown: chunks hand their items back at the next micro-batch.
         self.stopping = threading.Event()
+        #: Publishes a chunk of items this worker hands back outside the chunk that claimed them: Celery for a
+        #: worker process, the local queue for the embedded runner.
+        self.dispatcher: Dispatcher | None = None
         #: The next chunk's first micro-batch, prepared while a chunk ends (see workers/readahead.py).
-        self.read_ahead: ReadAhead[Any] = ReadAhead()
+        self.read_ahead: ReadAhead[Any] = ReadAhead(self.give_back)
+
+    def give_back(self, job_id: str, kind: str, priority: int, items: list[ClaimedItem]) -> None:
+        """Hand items claimed ahead back to the queue, their attempt taken back, and publish them again."""
+        seqs = [item.seq for item in items]
+        try:
+            with session_scope(self.settings.resolved_database_url) as session:
+                release_items(session, job_id=job_id, seqs=seqs, worker=self.name, uncount=seqs)
+        except Exception:
+            log.warning(
+                "could not hand back %d items of job %s read ahead; their lease expires instead",
+                len(seqs),
+                job_id,
+                exc_info=True,
+                extra={"job_id": job_id},
+            )
+            return
+        self.send_again(kind, job_id, priority, seqs)
+
+    def send_again(self, kind: str, job_id: str, priority: int, seqs: Collection[int]) -> None:
+        """Publish one chunk over items handed back outside the chunk message that covers them; without a
+        dispatcher, or when publishing fails, the reconciler re-dispatches them."""
+        if not seqs:
+            return
+        if self.dispatcher is None:
+            log.info("%d items of job %s left to the reconciler", len(seqs), job_id, extra={"job_id": job_id})
+            return
+        try:
+            self.dispatcher.send_chunk(JobKind(kind), job_id, min(seqs), max(seqs) + 1, priority)
+        except Exception:
+            log.warning(
+                "could not publish %d items of job %s again; the reconciler re-dispatches them",
+                len(seqs),
+                job_id,
+                exc_info=True,
+                extra={"job_id": job_id},
+            )
 
     @classmethod
     def current(cls) -> WorkerRuntime:

@@ -11,6 +11,7 @@ from celery import Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from jobs.broker import TASK_NAMES
+from jobs.dispatch import CeleryDispatcher
 from jobs.errors import Transient
 from jobs.lifecycle import JobKind
 from workers.celery_app import app
@@ -30,6 +31,14 @@ PROGRESS_EVERY_S = 1.0
 def backoff(retries: int) -> float:
     """Seconds to wait before the next try of a chunk that hit a transient fault."""
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries))
+
+
+def _runtime() -> WorkerRuntime:
+    """The process's runtime, publishing the items it hands back through this app."""
+    runtime = WorkerRuntime.current()
+    if runtime.dispatcher is None:
+        runtime.dispatcher = CeleryDispatcher(runtime.settings, app)
+    return runtime
 
 
 class ChunkTask(Task):
@@ -62,7 +71,7 @@ class ChunkTask(Task):
                 log.debug("progress event of job %s not sent: the broker is unavailable", job_id)
 
         try:
-            outcome = run_chunk(WorkerRuntime.current(), self.kind, job_id, int(start), int(stop), progress)
+            outcome = run_chunk(_runtime(), self.kind, job_id, int(start), int(stop), progress)
         except ChunkInterrupted as exc:
             # Graceful stop: publish the chunk again before this message is acknowledged.
             raise self.retry(exc=exc, countdown=0, max_retries=None) from exc

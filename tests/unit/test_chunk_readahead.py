@@ -4,6 +4,7 @@ claimed of them and fetches the rest (SQLite and PostgreSQL, local files, the to
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ from jobs.models import Item
 from jobs.state import ClaimedItem, claim_items
 from tests.helpers import embedded_settings
 from workers import chunk
-from workers.chunk import ChunkOutcome, run_chunk
+from workers.chunk import ChunkInterrupted, ChunkOutcome, run_chunk
 from workers.embedded import EmbeddedRunner
 from workers.readahead import ReadAhead
 
@@ -132,42 +133,88 @@ def test_the_next_chunk_takes_its_first_micro_batch_from_the_read_ahead(
     assert _results(runner, job_id) == expected
 
 
-def test_items_claimed_by_another_worker_meanwhile_are_not_taken(
+def test_items_read_ahead_are_left_by_the_chunk_of_another_worker_and_run_in_this_workers_next_chunk(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = _photos(tmp_path / "in", 3 * CHUNK)
+    reads = Reads(monkeypatch)
+    runner = _runner(tmp_path / "home", database_url)
+    job_id = _submit(runner, tmp_path / "in")
+    _chunk(runner, job_id, 0)
+    ahead = _items(runner, job_id)[CHUNK : CHUNK + BATCH]
+    assert [(i.status, i.worker, i.attempts) for i in ahead] == [("running", runner.runtime.name, 1)] * BATCH
+    # Another worker runs the chunk those items belong to: it claims the rest of it.
+    with session_scope(runner.settings.resolved_database_url) as session:
+        taken, leased = claim_items(
+            session,
+            job_id=job_id,
+            start=CHUNK,
+            stop=2 * CHUNK,
+            worker="other",
+            lease_seconds=600,
+            max_attempts=3,
+        )
+    assert [item.seq for item in taken] == list(range(CHUNK + BATCH, 2 * CHUNK))
+    assert leased
+    # This worker's next chunk of the job runs them with its own items.
+    third = _chunk(runner, job_id, 2 * CHUNK)
+    assert (third.claimed, third.succeeded, third.read_ahead) == (CHUNK + BATCH, CHUNK + BATCH, BATCH)
+    items = _items(runner, job_id)
+    assert [(i.status, i.worker) for i in items[CHUNK + BATCH : 2 * CHUNK]] == [("running", "other")] * BATCH
+    done = items[:CHUNK] + items[CHUNK : CHUNK + BATCH] + items[2 * CHUNK :]
+    assert all(i.status == "succeeded" and i.attempts == 1 for i in done)
+    assert all(reads.count[str(photo)] == 1 for photo in photos if str(photo) in {i.source for i in done})
+    assert not any(reads.count[str(photo)] for photo in photos[CHUNK + BATCH : 2 * CHUNK])
+
+
+def _queued_chunks(runner: EmbeddedRunner) -> list[tuple[str, int, int]]:
+    """The chunks waiting in the embedded runner's queue (taken out of it)."""
+    chunks = []
+    while not runner.dispatcher.chunks.empty():
+        chunk = runner.dispatcher.chunks.get()
+        chunks.append((chunk.job_id, chunk.start, chunk.stop))
+    return chunks
+
+
+def test_items_read_ahead_go_back_to_the_queue_when_no_chunk_of_their_job_comes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     photos = _photos(tmp_path / "in", 2 * CHUNK)
     reads = Reads(monkeypatch)
     runner = _runner(tmp_path / "home")
+    runner.runtime.read_ahead.hold_s = 0.05
     job_id = _submit(runner, tmp_path / "in")
+    _queued_chunks(runner)  # the submission's
     _chunk(runner, job_id, 0)
-    with session_scope(runner.settings.resolved_database_url) as session:
-        taken, _ = claim_items(
-            session,
-            job_id=job_id,
-            start=CHUNK,
-            stop=CHUNK + 2,
-            worker="other",
-            lease_seconds=600,
-            max_attempts=3,
-        )
-    assert [item.seq for item in taken] == [CHUNK, CHUNK + 1]
-    second = _chunk(runner, job_id, CHUNK)
-    assert (second.claimed, second.succeeded, second.read_ahead) == (CHUNK - 2, CHUNK - 2, BATCH - 2)
-    items = _items(runner, job_id)
-    assert [(i.status, i.worker) for i in items[CHUNK : CHUNK + 2]] == [("running", "other")] * 2
-    assert all(i.status == "succeeded" and i.attempts == 1 for i in items[CHUNK + 2 :])
-    assert all(reads.count[str(photo)] == 1 for photo in photos[CHUNK + 2 :])
+    deadline = time.monotonic() + 30
+    while _items(runner, job_id)[CHUNK].status == "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ahead = _items(runner, job_id)[CHUNK : CHUNK + BATCH]
+    assert [(i.status, i.attempts) for i in ahead] == [("queued", 0)] * BATCH  # the attempt is taken back
+    assert _queued_chunks(runner) == [(job_id, CHUNK, CHUNK + BATCH)]  # and published again
+    # What was prepared is kept: this worker's chunk over those items takes it. That chunk claims the last
+    # queued items ahead, and with nothing queued in the job then, runs them itself rather than hold them.
+    again = run_chunk(runner.runtime, JobKind.CAPTION, job_id, CHUNK, CHUNK + BATCH)
+    assert (again.claimed, again.succeeded, again.read_ahead) == (2 * BATCH, 2 * BATCH, 2 * BATCH)
+    assert [(i.status, i.attempts) for i in _items(runner, job_id)] == [("succeeded", 1)] * 2 * CHUNK
+    assert reads.count == Counter({str(photo): 1 for photo in photos})
+    assert not runner.runtime.read_ahead.holds(job_id)
 
 
-def test_a_chunk_of_another_job_discards_the_read_ahead(tmp_path: Path) -> None:
+def test_a_chunk_of_another_job_hands_the_read_ahead_back(tmp_path: Path) -> None:
     _photos(tmp_path / "in", 2 * CHUNK)  # both jobs have the same items: only the job tells them apart
     runner = _runner(tmp_path / "home")
     job_a, job_b = _submit(runner, tmp_path / "in"), _submit(runner, tmp_path / "in")
-    outcomes = [_chunk(runner, job, start) for job, start in ((job_a, 0), (job_b, 0), (job_a, CHUNK))]
-    outcomes.append(_chunk(runner, job_b, CHUNK))
-    assert [(o.claimed, o.succeeded, o.read_ahead) for o in outcomes] == [(CHUNK, CHUNK, 0)] * 4
+    _queued_chunks(runner)  # the submissions'
+    first = [_chunk(runner, job, 0) for job in (job_a, job_b)]
+    assert [(o.claimed, o.succeeded, o.read_ahead) for o in first] == [(CHUNK, CHUNK, 0)] * 2
+    # Job b's chunk handed back what job a's chunk had claimed ahead, and published it again.
+    assert _queued_chunks(runner) == [(job_a, CHUNK, CHUNK + BATCH)]
+    assert [(i.status, i.attempts) for i in _items(runner, job_a)[CHUNK:]] == [("queued", 0)] * CHUNK
+    outcomes = [_chunk(runner, job, CHUNK) for job in (job_a, job_b)]
+    assert [(o.claimed, o.succeeded, o.read_ahead) for o in outcomes] == [(CHUNK, CHUNK, 0)] * 2
     for job in (job_a, job_b):
-        assert [i.status for i in _items(runner, job)] == ["succeeded"] * 2 * CHUNK
+        assert [(i.status, i.attempts) for i in _items(runner, job)] == [("succeeded", 1)] * 2 * CHUNK
 
 
 def test_a_failed_read_ahead_is_fetched_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +281,21 @@ def test_taken_work_carries_the_claimed_items_and_a_late_failure_is_prepared_aga
     assert sorted(prepared) == [[1, 4], [2]]
     assert taken.used == 1
     assert (len(taken), len(read_ahead.take("job", "caption", claimed))) == (0, 0)  # taken once
+
+
+def test_a_stopping_worker_hands_back_the_items_it_claimed_ahead_and_publishes_them_again(
+    tmp_path: Path,
+) -> None:
+    _photos(tmp_path / "in", 3 * CHUNK)
+    runner = _runner(tmp_path / "home")
+    job_id = _submit(runner, tmp_path / "in")
+    _queued_chunks(runner)  # the submission's
+    _chunk(runner, job_id, 0)  # claims items CHUNK.. ahead
+    runner.runtime.stopping.set()
+    with pytest.raises(ChunkInterrupted):
+        _chunk(runner, job_id, 2 * CHUNK)
+    items = _items(runner, job_id)
+    assert all(i.status == "succeeded" for i in items[:CHUNK])
+    assert [(i.status, i.attempts) for i in items[CHUNK:]] == [("queued", 0)] * 2 * CHUNK
+    # The interrupted chunk's own message comes back; the items it took from the read-ahead get their own.
+    assert _queued_chunks(runner) == [(job_id, CHUNK, CHUNK + BATCH)]

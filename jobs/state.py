@@ -259,6 +259,7 @@ def claim_items(
     max_attempts: int,
     starting_below: int = 0,
     job_queued: bool = True,
+    check_leased: bool = True,
 ) -> tuple[list[ClaimedItem], bool]:
     """Claim the runnable items of a seq range for `worker`.
 
@@ -267,8 +268,9 @@ def claim_items(
     actually starts, so that the neighbours of an item that kills its worker are not quarantined with it: the
     claim counts them only for the queued, never tried items below seq `starting_below` (those the worker
     starts at once; `ClaimedItem.counted`), and `checkpoint_items` for the others when their turn comes.
-    Returns the claimed items and whether items of the range are still leased by another worker. The job is
-    marked running unless the caller saw it was no longer queued (`job_queued`).
+    Returns the claimed items and whether items of the range are still leased by another worker (one more
+    query, asked only if `check_leased`). The job is marked running unless the caller saw it was no longer
+    queued (`job_queued`).
     """
     t = now()
     where = {"job": job_id, "start": start, "stop": stop, "t": t}
@@ -294,7 +296,8 @@ def claim_items(
     if items and job_queued:
         session.execute(_START_JOB, {"job": job_id, "t": t})
     leased = False
-    if len(items) < stop - start:  # with every seq of the range claimed here, none is leased elsewhere
+    # With every seq of the range claimed here, none is leased elsewhere.
+    if check_leased and len(items) < stop - start:
         leased = session.scalar(_LEASED_ELSEWHERE, {**where, "b_worker": worker}) is not None
     return sorted(items, key=lambda item: item.seq), leased
 

@@ -247,6 +247,8 @@ class ChunkRun:
                 max_attempts=self.settings.max_attempts,
                 starting_below=self.start + self._first_window(),
                 job_queued=job.status == JobStatus.QUEUED.value,
+                # Items read ahead by another worker are leased to it: only worth a query for the log.
+                check_leased=log.isEnabledFor(logging.DEBUG),
             )
         if leased:  # read ahead by another worker, which runs them; or held by one that died
             log.debug(

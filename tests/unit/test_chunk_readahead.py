@@ -299,3 +299,17 @@ def test_a_stopping_worker_hands_back_the_items_it_claimed_ahead_and_publishes_t
     assert [(i.status, i.attempts) for i in items[CHUNK:]] == [("queued", 0)] * 2 * CHUNK
     # The interrupted chunk's own message comes back; the items it took from the read-ahead get their own.
     assert _queued_chunks(runner) == [(job_id, CHUNK, CHUNK + BATCH)]
+
+
+def test_items_claimed_ahead_of_a_job_cancelled_meanwhile_end_cancelled(tmp_path: Path) -> None:
+    _photos(tmp_path / "in", 2 * CHUNK)
+    runner = _runner(tmp_path / "home")
+    job_id = _submit(runner, tmp_path / "in")
+    _chunk(runner, job_id, 0)  # claims items CHUNK.. ahead
+    report = runner.client.cancel(job_id)
+    assert (report.status, report.cancelled, report.running) == ("running", CHUNK - BATCH, BATCH)
+    outcome = _chunk(runner, job_id, CHUNK)  # the job's next chunk, on this worker
+    assert (outcome.succeeded, outcome.read_ahead) == (0, 0)
+    assert [i.status for i in _items(runner, job_id)[CHUNK:]] == ["cancelled"] * CHUNK
+    assert runner.client.status(job_id).status == "cancelled"
+    assert not runner.runtime.read_ahead.holds(job_id)

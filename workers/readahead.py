@@ -182,7 +182,7 @@ class ReadAhead(Generic[W]):
 
 
 class Taken(Generic[W]):
-    """The prepared work a chunk took from a speculation, by seq; `used` counts the items it served."""
+    """The prepared work a chunk took from the read-ahead, by seq; `used` counts the items it served."""
 
     def __init__(
         self, found: dict[int, tuple[Future[list[W]], int]], owned: Sequence[ClaimedItem] = ()

@@ -210,7 +210,7 @@ class ChunkRun:
                 self._process(items)
                 # With no queued item left in the job, no later chunk of it may come to this worker: what
                 # this chunk claimed ahead runs now rather than wait for one.
-                if self._read_ahead_sent and self.rt.read_ahead.holds(self.job_id) and not self._job_queued():
+                if self.rt.read_ahead.holds(self.job_id) and not self._read(job_has_queued_items):
                     self._process(self._take_read_ahead([]))
             self._finish()
         except _DB_ERRORS as exc:
@@ -275,15 +275,6 @@ class ChunkRun:
         self.started |= seqs
         self.outcome.claimed += len(seqs)
         return [] if self.job_cancelled else owned
-
-    def _job_queued(self) -> bool:
-        """Whether the job has queued items or its submission still inserts some: one round trip on the
-        connection the chunk keeps for reads."""
-        try:
-            return job_has_queued_items(self._read_connection(), job_id=self.job_id)
-        except _DB_ERRORS:
-            self._close_reader()
-            raise
 
     def _process(self, items: list[ClaimedItem]) -> None:
         # An item whose earlier attempt ended without a result may be what killed that worker: such items run
@@ -559,18 +550,19 @@ class ChunkRun:
         if now - self._cancel_checked_at < CANCEL_CHECK_S:
             return False
         self._cancel_checked_at = now
+        return self._read(cancel_requested)
+
+    def _read(self, query: Callable[..., bool]) -> bool:
+        """`query(connection, job_id=...)` on the connection the chunk keeps for reads on the model's thread:
+        one round trip (autocommit: no transaction, no pool checkout, no ping). A broken connection is dropped
+        and the next read opens another."""
+        if self._reader is None:
+            self._reader = get_engine(self.db).connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            return cancel_requested(self._read_connection(), job_id=self.job_id)
+            return query(self._reader, job_id=self.job_id)
         except _DB_ERRORS:
             self._close_reader()
             raise
-
-    def _read_connection(self) -> Connection:
-        """The connection the chunk keeps for reads on the model's thread (autocommit: no transaction, no
-        pool checkout, no ping)."""
-        if self._reader is None:
-            self._reader = get_engine(self.db).connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self._reader
 
     def _close_reader(self) -> None:
         _close_quietly(self._reader)

@@ -27,6 +27,7 @@ from jobs.api import Client, JobReport
 from jobs.errors import OvisBatchError
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.settings import Settings, get_settings
+from storage import StorageError
 
 app = typer.Typer(
     help="Batch captioning, text-to-image and editing with Ovis-U1.",
@@ -51,13 +52,28 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _missing_schema(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    """Whether the database answered that the project's tables do not exist (never migrated)."""
+    return type(exc.orig).__name__ == "UndefinedTable" or "no such table" in str(exc.orig)
+
+
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run `fn`; turn the errors a user can act on into one line and exit status 2."""
     try:
         return fn()
-    except (OvisBatchError, ValueError) as exc:
+    except (OvisBatchError, StorageError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    except (sqlalchemy.exc.OperationalError, kombu.exceptions.OperationalError, OSError) as exc:
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
+        if _missing_schema(exc):
+            raise _fail(
+                "the database has no ovis-batch tables yet: run `ovis-batch db upgrade` once (and after "
+                "every upgrade of ovis-batch)"
+            ) from None
+        if isinstance(exc, sqlalchemy.exc.ProgrammingError):
+            raise
+        reason = str(exc.orig).strip().splitlines()[0]
+        raise _fail(f"cannot reach a service ({exc.__class__.__name__}): {reason}") from None
+    except (kombu.exceptions.OperationalError, OSError) as exc:
         # A server that is down or refuses the credentials: say which, not the URL (it may hold a password).
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise _fail(f"cannot reach a service ({exc.__class__.__name__}): {reason}") from None
@@ -164,7 +180,13 @@ def run_embedded(settings: Settings, kind: JobKind, source: str, params: dict[st
     # The CLI is where producer and worker meet: only the embedded mode imports the worker side.
     from workers.embedded import EmbeddedRunner
 
+    from gpu_model import BackendLoadError
+
     runner = EmbeddedRunner(settings)
+    try:
+        runner.runtime.load()
+    except BackendLoadError as exc:
+        raise _fail(str(exc)) from None
     with _progress() as progress:
         task = progress.add_task(f"{kind.value}", total=None)
 

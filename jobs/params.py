@@ -83,9 +83,23 @@ def validate_params(kind: JobKind, values: dict[str, Any], *, where: str = "job 
         raise InvalidParameters(_explain(exc, where)) from None
 
 
+def check_chars(value: str, what: str) -> str:
+    """Refuse text no store keeps as written: NUL (PostgreSQL refuses it) and lone UTF-16 surrogates (no
+    UTF-8 form)."""
+    if "\x00" in value:
+        raise InvalidParameters(f"{what} holds a NUL character at position {value.index(chr(0))}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameters(
+            f"{what} holds a lone surrogate {value[exc.start]!r} at position {exc.start} (not valid Unicode)"
+        ) from None
+    return value
+
+
 def validate_text(text: str, *, max_chars: int, what: str, required: bool) -> str:
-    """Check a prompt or instruction: not empty where required, not over the length limit."""
-    text = text.strip()
+    """Check a prompt or instruction: valid text, not empty where required, not over the length limit."""
+    text = check_chars(text, what).strip()
     if required and not text:
         raise InvalidParameters(f"{what} is empty")
     if len(text) > max_chars:

@@ -1,8 +1,9 @@
-"""Submission: validate, insert the job and its items in bulk, dispatch chunks as they are formed.
+"""Submission: validate, insert the job and its items in bulk, then dispatch its chunks.
 
-The source is read and checked on the caller's thread while a writer thread inserts the previous batch
-(PostgreSQL COPY) and publishes its chunks, so parsing and the database's work overlap; at most two batches
-are held at any time, whatever the size of the source.
+The source is read and checked on the caller's thread while writer threads insert the previous batches
+(PostgreSQL COPY), so parsing and the database's work overlap; at most a few batches are held at any time,
+whatever the size of the source. No chunk goes out before the whole source has been read and checked: a
+source refused at its last line leaves no work done, no output written and no message queued.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -25,9 +26,11 @@ from jobs.db import ensure_schema, session_scope
 from jobs.dispatch import Dispatcher, send_chunks
 from jobs.errors import InputNotAllowed, InvalidParameters, InvalidSource
 from jobs.inputs import InputRoots
+from jobs.keys import check_output_name
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.models import Item, Job
-from jobs.params import validate_params, validate_text
+from jobs.outputs import output_location
+from jobs.params import check_chars, validate_params, validate_text
 from jobs.settings import Settings
 from jobs.state import finalize_job
 
@@ -35,10 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Items per insert transaction: large enough for bulk speed, small enough for flat memory.
 INSERT_BATCH = 10_000
-#: Items of the first batch written on their own (whole chunks, at least one), so that workers start while the
-#: rest of the source is read. Later batches double in size up to INSERT_BATCH: each is written while the
-#: workers run the chunks of the one before, so they never wait for a large batch to commit.
-FIRST_BATCH = 1_000
 #: Batches written at once, each on its own database connection.
 WRITERS = 2
 #: Per-item parameters a manifest may set, per kind (the rest are job-wide).
@@ -75,14 +74,20 @@ class ItemChecker:
         self.max_chars = settings.max_prompt_chars
         self.needs_image = kind in (JobKind.CAPTION, JobKind.EDIT)
         self.needs_text = kind is not JobKind.CAPTION
+        #: Each item's output is a file named for its id (jobs.keys).
+        self.makes_images = kind is not JobKind.CAPTION
 
     def __call__(self, spec: ItemSpec) -> ItemSpec:
         """The item with its text stripped and parameters validated; errors name the item."""
         if not spec.key or len(spec.key) > 512:
             raise InvalidParameters(f"item id {spec.key[:60]!r} must have 1 to 512 characters")
+        check_chars(spec.key, f"item id {spec.key[:60]!r}")
+        if self.makes_images:
+            check_output_name(spec.key)
         if self.needs_image:
             if not spec.source:
                 raise InvalidParameters(f"item {spec.key!r}: no input image")
+            check_chars(spec.source, f"item {spec.key!r}: input")
             if not self.roots.allows(spec.source):
                 raise InputNotAllowed(
                     f"item {spec.key!r}: {spec.source} is outside the allowed input roots "
@@ -141,10 +146,12 @@ class _BatchWriter:
         self.chunk_size = settings.chunk_size
         self.existing: ExistingOutputs | None = None
         self.total = self.queued = self.skipped = 0
+        #: Chunks of the batches written so far, published once the whole source is in.
+        self.ranges: list[tuple[int, int]] = []
         self._lock = threading.Lock()
 
     def write(self, first: int, specs: list[ItemSpec]) -> None:
-        """Insert one batch (seqs from `first`) in one transaction, then publish its chunks."""
+        """Insert one batch (seqs from `first`) in one transaction and note its chunks."""
         with session_scope(self.url) as session:
             done = self.existing.lookup(session, [s.key for s in specs]) if self.existing else {}
             insert_items(session, self.job_id, first, specs, done)
@@ -160,36 +167,25 @@ class _BatchWriter:
                     n_skipped=Job.n_skipped + skipped,
                 )
             )
-        with self._lock:
-            self.total += len(specs)
-            self.skipped += skipped
-            self.queued += len(specs) - skipped
-        if first == 0:
-            # Before the first chunks go out: workers' updates need plans made with the table's real size.
-            refresh_statistics(self.url, len(specs))
         if done:
             seqs: Iterable[int] = (first + i for i, s in enumerate(specs) if s.key not in done)
         else:
             seqs = range(first, first + len(specs))
         ranges = chunk_ranges(seqs, self.chunk_size)
-        if ranges:
-            send_chunks(self.dispatcher, self.kind, self.job_id, ranges, self.priority)
+        with self._lock:
+            self.total += len(specs)
+            self.skipped += skipped
+            self.queued += len(specs) - skipped
+            self.ranges.extend(ranges)
+
+    def publish(self) -> None:
+        """Send every chunk, in source order."""
+        send_chunks(self.dispatcher, self.kind, self.job_id, sorted(self.ranges), self.priority)
 
 
-def batch_sizes(first: int, size: int) -> Iterator[int]:
-    """`first`, then twice as many each time up to `size`, then `size` for ever: whole chunks when `first`
-    and `size` are."""
-    step = first
-    while step < size:
-        yield step
-        step *= 2
-    yield from repeat(size)
-
-
-def _batches(items: Iterable[ItemSpec], first: int, size: int) -> Iterator[list[ItemSpec]]:
-    sizes = batch_sizes(first, size)
+def _batches(items: Iterable[ItemSpec], size: int) -> Iterator[list[ItemSpec]]:
     iterator = iter(items)
-    while batch := list(islice(iterator, next(sizes))):
+    while batch := list(islice(iterator, size)):
         yield batch
 
 
@@ -208,8 +204,8 @@ def submit_job(
 ) -> str:
     """Create a job from a stream of items and dispatch its chunks; return the job id.
 
-    Nothing is dispatched for a job whose parameters are invalid. An invalid item stops the submission:
-    the job is cancelled (workers drop chunks already sent) and deleted, and the error names the item.
+    Chunks are dispatched only once every item has been read and checked: an invalid item stops the
+    submission, the job and its items are deleted, and the error names the item.
     With `skip_existing`, items whose id already has an output (see ExistingOutputs) are recorded as
     succeeded with that output and are not computed again.
     """
@@ -217,10 +213,14 @@ def submit_job(
     if settings.embedded:
         ensure_schema(url)
     job_params = validate_params(kind, params).model_dump()
+    if job_params.get("prompt") is not None:
+        job_params["prompt"] = validate_text(
+            job_params["prompt"], max_chars=settings.max_prompt_chars, what="--prompt", required=True
+        )
     if not 0 <= priority <= 9:
         raise InvalidParameters(f"priority must be between 0 (lowest) and 9 (got {priority})")
     job_id = new_job_id()
-    output_url = output_url or settings.resolved_storage_url
+    output_url = output_location(output_url or settings.resolved_storage_url, settings)
     writer = _BatchWriter(settings, job_id=job_id, kind=kind, priority=priority, dispatcher=dispatcher)
     with session_scope(url) as session:
         session.add(
@@ -249,7 +249,6 @@ def submit_job(
     check = ItemChecker(kind, settings)
     # Batches hold whole chunks, so that no chunk spans two batches that commit independently.
     batch_size = max(1, INSERT_BATCH // settings.chunk_size) * settings.chunk_size
-    first_size = min(batch_size, max(1, FIRST_BATCH // settings.chunk_size) * settings.chunk_size)
     try:
         # One thread more than the writers: the dispatcher prepares on it while the first batches are written.
         with ThreadPoolExecutor(WRITERS + 1, thread_name_prefix="ovis-submit") as pool:
@@ -258,20 +257,19 @@ def submit_job(
             if prepare is not None:
                 pool.submit(_quietly, prepare)
             first = 0
-            for batch in _batches(items, first_size, batch_size):
+            for batch in _batches(items, batch_size):
                 checked = [check(spec) for spec in batch]
                 if len(pending) == WRITERS:
                     pending.popleft().result()
                 pending.append(pool.submit(writer.write, first, checked))
-                if first == 0:
-                    # The first chunks go out before the rest of the source is read: reading holds the GIL,
-                    # and the writer publishing them would wait for it at every round trip.
-                    pending.popleft().result()
                 first += len(checked)
             for future in pending:
                 future.result()
         if writer.total == 0:
             raise InvalidSource(f"the source {source or '(given)'} holds no items")
+        # Workers' updates need plans made with the table's real size.
+        refresh_statistics(url, writer.total)
+        writer.publish()
     except BaseException as exc:
         _discard(url, job_id)
         if isinstance(exc, IntegrityError):
@@ -279,7 +277,6 @@ def submit_job(
                 f"two items of {source or 'the source'} share one id; item ids must be unique within a job"
             ) from None
         raise
-    refresh_statistics(url, writer.total)
     _end_submission(settings, job_id)
     log.info(
         "submitted job %s: %d items, %d skipped",
@@ -299,7 +296,8 @@ def _quietly(call: Callable[[], None]) -> None:
 
 
 def _discard(url: str, job_id: str) -> None:
-    # Cancel first, in its own transaction: a worker holding an early chunk stops at its next micro-batch.
+    # Cancel first, in its own transaction: should publishing have failed half-way, a worker holding one of
+    # the chunks already sent drops it.
     with session_scope(url) as session:
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
     with session_scope(url) as session:

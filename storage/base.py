@@ -47,6 +47,11 @@ class Store(ABC):
         """Return the absolute URL of ``key``: "s3://bucket/prefix/key" or "/abs/dir/key"."""
 
     @abstractmethod
+    def check_writable(self) -> None:
+        """Raise the package's error if writes cannot succeed now: a missing or refused bucket, a folder that
+        cannot be made or written."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; removing a missing object is not an error (as on S3)."""
 

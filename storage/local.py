@@ -67,6 +67,15 @@ class LocalStore(Store):
         """Return whether a regular file is stored under ``key``."""
         return os.path.isfile(self.path_for(key))
 
+    def check_writable(self) -> None:
+        """The directory exists or can be made, and is writable."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise _wrap_os_error(exc, self.root) from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise AccessDenied(f"permission denied: cannot write in {self.root}", url=self.root)
+
     def delete(self, key: str) -> None:
         """Remove the file under ``key``; a missing file is not an error."""
         path = self.path_for(key)

@@ -242,6 +242,16 @@ class S3Store(Store):
         except (BotoCoreError, ClientError) as exc:
             raise wrap_error(exc, "list", f"{self.url}/{prefix}" if prefix else self.url) from exc
 
+    def check_writable(self) -> None:
+        """The bucket exists and these credentials may use it (HEAD on the bucket; writes stay untested)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            error = wrap_error(exc, "reach the bucket of", self.url)
+            if isinstance(error, ObjectNotFound):
+                raise ObjectNotFound(f"the bucket {self.bucket!r} does not exist", url=self.url) from exc
+            raise error from exc
+
     def delete(self, key: str) -> None:
         """Delete the object; deleting a missing object is not an error."""
         object_key = self.object_key(key)

@@ -7,9 +7,7 @@ until the failing item stands alone, and out-of-memory halves the batch on the s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +26,7 @@ from jobs import errors
 from jobs.db import get_engine, session_scope
 from jobs.export import write_results
 from jobs.inputs import read_allowed_input
+from jobs.keys import output_key
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.params import item_seed, resolve
 from jobs.state import (
@@ -51,7 +50,6 @@ from workers.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 Request = CaptionRequest | GenerateRequest | EditRequest
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class ChunkInterrupted(Exception):
@@ -98,14 +96,6 @@ class _Pending:
 
     outputs: dict[int, Future[str] | str] = field(default_factory=dict)
     failures: dict[int, tuple[str, str]] = field(default_factory=dict)
-
-
-def output_key(job_id: str, key: str, ext: str) -> str:
-    """Deterministic storage key of an item's output: a redelivered item overwrites, never adds."""
-    safe = _UNSAFE.sub("_", key.replace("/", "__")).strip("._") or "item"
-    if safe != key:
-        safe = f"{safe[:150]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-    return f"{job_id}/{safe}.{ext}"
 
 
 #: Leases are renewed before a micro-batch once this share of `lease_seconds` has passed since they were set.

@@ -22,10 +22,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from jobs.keys import output_key
 from tests.plugins.services import ThrowawayPostgres, ThrowawayRedis, free_port
 from tests.plugins.workers import Stack, WorkerProcess, wait_for
 from tests.tcp_proxy import TcpProxy
-from workers.chunk import output_key
 
 pytestmark = pytest.mark.integration
 

@@ -49,10 +49,13 @@ class Stack:
             aws_secret_access_key="testing",
         )
 
-    def cli(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `ovis-batch ARGS` with this stack's settings."""
+    def cli(
+        self, *args: str, timeout: float = 120, check: bool = True, cwd: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `ovis-batch ARGS` with this stack's settings (in folder `cwd` if given)."""
         result = subprocess.run(
             [str(BIN / "ovis-batch"), *args],
+            cwd=cwd,
             env=self.env,
             capture_output=True,
             text=True,

@@ -13,10 +13,11 @@ from gpu_model import BackendOptions, BackendOutOfMemory, CaptionRequest
 from gpu_model.fake import FakeBackend
 from jobs.db import session_scope
 from jobs.errors import InputNotAllowed, InvalidParameters, InvalidSource
+from jobs.keys import output_key
 from jobs.lifecycle import ItemStatus, JobKind
 from jobs.models import Item
 from tests.helpers import embedded_settings, write_photos
-from workers.chunk import output_key, run_chunk
+from workers.chunk import run_chunk
 from workers.embedded import EmbeddedRunner
 
 

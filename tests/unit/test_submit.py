@@ -1,4 +1,5 @@
-"""Streaming submission on SQLite: chunks as batches commit, a bad item discards the job, --skip-existing."""
+"""Streaming submission on SQLite: batches inserted as read, chunks sent once the source is checked, a bad item
+discards the job, --skip-existing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from jobs.db import session_scope
 from jobs.errors import InputNotAllowed, InvalidSource
 from jobs.lifecycle import JobKind
 from jobs.models import Item, Job
-from jobs.submit import ItemSpec, batch_sizes, chunk_ranges
+from jobs.submit import ItemSpec, chunk_ranges
 from tests.helpers import embedded_settings, write_photos
 from workers.chunk import run_chunk
 from workers.embedded import EmbeddedRunner
@@ -58,7 +59,7 @@ def test_chunks_are_sent_per_committed_batch_and_cover_every_item(
     assert keys == [f"i{index:05d}" for index in range(1001)]
 
 
-def test_the_first_chunks_go_out_before_the_rest_of_the_source_is_read(tmp_path: Path) -> None:
+def test_no_chunk_goes_out_before_the_whole_source_is_read_and_checked(tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path, chunk_size=256)
     read = 0
     seen_at_first_send: list[int] = []
@@ -76,8 +77,7 @@ def test_the_first_chunks_go_out_before_the_rest_of_the_source_is_read(tmp_path:
             super().send_chunk(kind, job_id, start, stop, priority)
 
     Client(settings, Watching()).submit_items(JobKind.GENERATE, items())
-    first = max(1, submit_module.FIRST_BATCH // 256) * 256
-    assert seen_at_first_send == [first]
+    assert seen_at_first_send == [5000]
 
 
 def test_a_job_is_not_final_while_its_submission_still_inserts_items(tmp_path: Path) -> None:
@@ -103,19 +103,14 @@ def test_a_job_is_not_final_while_its_submission_still_inserts_items(tmp_path: P
     assert (tmp_path / "outputs" / job_id / "results.jsonl").exists()
 
 
-def test_insert_batches_double_from_the_first_up_to_the_full_size() -> None:
-    sizes = batch_sizes(768, 9984)
-    assert [next(sizes) for _ in range(7)] == [768, 1536, 3072, 6144, 9984, 9984, 9984]
-    sizes = batch_sizes(256, 256)
-    assert [next(sizes) for _ in range(2)] == [256, 256]
-
-
 def test_a_bad_item_anywhere_discards_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submit_module, "INSERT_BATCH", 50)
     settings = embedded_settings(tmp_path, chunk_size=4)
-    client = Client(settings, RecordingDispatcher())
+    dispatcher = RecordingDispatcher()
+    client = Client(settings, dispatcher)
     with pytest.raises(InputNotAllowed, match="'i00777'"):
         client.submit(JobKind.CAPTION, str(_manifest(tmp_path / "m.jsonl", 1000, bad_at=777)))
+    assert dispatcher.chunks == []  # 700 items were inserted before the bad one: none was sent
     duplicate = tmp_path / "dup.jsonl"
     duplicate.write_text('{"id": "a", "image": "x.jpg"}\n{"id": "a", "image": "y.jpg"}\n')
     with pytest.raises(InvalidSource, match="share one id"):

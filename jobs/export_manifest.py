@@ -115,7 +115,7 @@ def _text(
     path: str,
 ) -> int:
     count = 0
-    records = (record for _, record in iter_records(source, s3, exact=True))
+    records = (record for _, record in iter_records(source, s3))
     with open(path, "w", encoding="utf-8", newline="") as out:
         writer: Any = None
         for batch in _batched(records):

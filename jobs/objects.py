@@ -6,7 +6,9 @@ whatever the object's size.
 
 from __future__ import annotations
 
+import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -45,14 +47,32 @@ def open_stream(url: str, s3: S3Options | None) -> IO[bytes]:
 
 
 def iter_lines(url: str, s3: S3Options | None) -> Iterator[tuple[int, str]]:
-    """(line number from 1, line with its newline) of a UTF-8 text object, streamed."""
+    """(line number from 1, line with its end) of a UTF-8 text object, streamed, gunzipped if its name ends
+    in .gz. A byte order mark at the start is dropped; invalid UTF-8 raises InvalidSource naming the line.
+
+    Lines end at "\\n" only: a "\\r" before it stays for the csv module, which reads "\\r\\n" inside quoted
+    fields as part of the value, and JSON and prompt lines drop it as whitespace.
+    """
+    gzipped = url.lower().endswith(".gz")
     with open_stream(url, s3) as raw:
-        # newline="" keeps "\r\n" inside quoted CSV fields intact; the csv module handles line ends itself.
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        stream: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=raw) if gzipped else raw
+        lineno = 0
         try:
-            yield from enumerate(text, start=1)
-        except UnicodeDecodeError as exc:
-            raise InvalidSource(f"{url} is not UTF-8 text: {exc}") from None
+            for lineno, data in enumerate(stream, start=1):
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InvalidSource(
+                        f"{url} line {lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte "
+                        f"{exc.start + 1} of the line); save the file as UTF-8"
+                    ) from None
+                if lineno == 1 and line.startswith("\ufeff"):
+                    line = line[1:]
+                yield lineno, line
+        except (OSError, EOFError, zlib.error) as exc:
+            if not gzipped:
+                raise
+            raise InvalidSource(f"{url} line {lineno + 1}: not readable as gzip data ({exc})") from None
 
 
 class RangedReader(io.RawIOBase):

@@ -2,26 +2,30 @@
 WebDataset tar shards.
 
 Every source is a generator reading its input as a stream (S3 objects included), so a source of any size
-flows into submission in flat memory. Items keep the id the manifest gives them.
+flows into submission in flat memory. Manifests give one item per record, with ids and texts exactly as
+written (see ManifestReader).
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
+import logging
 import os
 import posixpath
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from jobs.errors import InvalidSource
 from jobs.lifecycle import JobKind
-from jobs.objects import iter_lines, open_seekable, open_stream
+from jobs.objects import iter_lines, open_seekable
 from jobs.submit import ITEM_PARAMS, ItemSpec
 from jobs.webdataset import is_shard_source, iter_shard, iter_shard_urls
 from storage import S3Options, open_store, parse_url
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = (".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet")
@@ -32,6 +36,8 @@ TEXT_FIELDS: dict[JobKind, tuple[str, ...]] = {
     JobKind.GENERATE: ("prompt", "text", "caption"),
     JobKind.EDIT: ("instruction", "prompt", "edit"),
 }
+#: Fields that dataset tools write as facts about an image (img2dataset: the original's size).
+IMAGE_FACTS = frozenset({"width", "height"})
 #: Parquet rows decoded at a time.
 PARQUET_BATCH = 10_000
 
@@ -87,7 +93,13 @@ def _image_resolver(base: str) -> Callable[[str], str]:
 
 
 class ManifestReader:
-    """Turns manifest records into items for one job kind; built once per manifest."""
+    """Turns manifest records into items for one job kind; built once per manifest.
+
+    Ids, image references and texts are taken exactly as written: text stays text (never read as a date or
+    a number), an integer id becomes its decimal text, anything else in those fields is refused. Fields the
+    kind does not read are collected in `ignored`, except the per-item parameters of other kinds, which are
+    refused where a record gives them a value.
+    """
 
     def __init__(self, kind: JobKind, manifest_url: str, columns: Columns | None = None) -> None:
         columns = columns or Columns()
@@ -96,6 +108,10 @@ class ManifestReader:
         self.image_names = (columns.image,) if columns.image else IMAGE_FIELDS
         self.text_names = (columns.text,) if columns.text else TEXT_FIELDS[kind]
         self.param_names = tuple(sorted(ITEM_PARAMS[kind]))
+        self.known = frozenset((*self.id_names, *self.image_names, *self.text_names, *self.param_names))
+        self.refused = frozenset(_refused_params(kind) - self.known)
+        #: Fields met in the manifest that no item takes anything from.
+        self.ignored: set[str] = set()
         location = parse_url(manifest_url)
         base = (
             f"s3://{location.bucket}/{posixpath.dirname(location.path)}"
@@ -106,127 +122,248 @@ class ManifestReader:
 
     def fields(self) -> list[str]:
         """Every field name the reader may look at (Parquet reads only these columns)."""
-        return [*self.id_names, *self.image_names, *self.text_names, *self.param_names]
+        return [*self.id_names, *self.image_names, *self.text_names, *self.param_names, *sorted(self.refused)]
+
+    def note_fields(self, names: Iterable[str]) -> None:
+        """Note a Parquet manifest's columns: those outside `fields()` are never read, so never seen."""
+        self.ignored.update(name for name in names if name not in self.known)
 
     def key(self, record: dict[str, Any], index: int) -> str:
         """The item id of a record: its id field, else its image reference, else its position."""
-        key = _first(record, self.id_names)
+        key = self._id(record)
         if key is None:
-            key = _first(record, self.image_names)
-        return str(key) if key is not None else f"{index:06d}"
+            key = _pick(record, self.image_names)
+        return key if key is not None else f"{index:06d}"
 
     def item(self, record: dict[str, Any], index: int) -> ItemSpec:
         """The item of one record; InvalidSource (the caller adds where) if the record has none."""
-        # Runs once per record of million-item manifests: lookups are inlined rather than calls to _first.
+        # Runs once per record of million-item manifests: the usual case (every value a str) stays inline.
         get = record.get
-        image = text = key = params = None
+        image = text = params = None
         for name in self.image_names:
             if (value := get(name)) is not None and value != "":
-                image = value
-                break
+                image = value if type(value) is str else _text(value, name)
+                if image:
+                    if "\x00" in image or not image.isascii():
+                        _check_text(image, name)
+                    break
+                image = None
         for name in self.text_names:
             if (value := get(name)) is not None and value != "":
-                text = str(value)
-                break
-        for name in self.id_names:
-            if (value := get(name)) is not None and value != "":
-                key = str(value)
-                break
+                text = value if type(value) is str else _text(value, name)
+                if text:
+                    if "\x00" in text or not text.isascii():
+                        _check_text(text, name)
+                    break
+                text = None
         for name in self.param_names:
             if (value := get(name)) is not None and value != "":
                 params = params or {}
                 params[name] = value
+        if not record.keys() <= self.known:
+            self._other_fields(record)
         if self.kind is JobKind.GENERATE:
             if text is None:
-                raise InvalidSource(f"no prompt field (one of {', '.join(self.text_names)})")
+                raise InvalidSource(f"no prompt field (one of {', '.join(self.text_names)}){_has(record)}")
             source = ""
         elif image is None:
-            raise InvalidSource(f"no image field (one of {', '.join(self.image_names)})")
+            raise InvalidSource(f"no image field (one of {', '.join(self.image_names)}){_has(record)}")
         else:
-            source = self.resolve(str(image))
+            source = self.resolve(image)
+        key = self._id(record)
         if key is None:
-            key = str(image) if image is not None else f"{index:06d}"
+            key = image if image is not None else f"{index:06d}"
         return ItemSpec(key, source, text or "", params)
 
+    def _id(self, record: dict[str, Any]) -> str | None:
+        for name in self.id_names:
+            value = record.get(name)
+            if value is None or value == "":
+                continue
+            key = value if type(value) is str else _id_text(value, name)
+            if key:
+                if "\x00" in key or not key.isascii():
+                    _check_text(key, name)
+                return key
+        return None
 
-def _first(record: dict[str, Any], names: tuple[str, ...]) -> Any:
+    def _other_fields(self, record: dict[str, Any]) -> None:
+        """Refuse a value in a per-item parameter of another kind; note the other fields as ignored."""
+        extra = record.keys() - self.known
+        for name in extra & self.refused:
+            value = record[name]
+            if value is not None and value != "":
+                kinds = sorted(k.value for k, names in ITEM_PARAMS.items() if name in names)
+                raise InvalidSource(
+                    f"field {name!r} is a per-item parameter of {' and '.join(kinds)} jobs, not of "
+                    f"{self.kind.value} jobs, which take {', '.join(self.param_names)} per item; "
+                    "remove the field or leave it empty"
+                )
+        self.ignored.update(extra)
+
+    def report_ignored(self, url: str) -> None:
+        """Log once which fields of the manifest no item took anything from."""
+        if self.ignored:
+            log.warning(
+                "%s: field(s) %s are not read by %s jobs and were ignored",
+                url,
+                ", ".join(sorted(self.ignored)),
+                self.kind.value,
+                extra={"source": url},
+            )
+
+
+def _refused_params(kind: JobKind) -> frozenset[str]:
+    """Per-item parameters of other kinds, which a manifest of this kind must not set."""
+    others = frozenset().union(*ITEM_PARAMS.values()) - ITEM_PARAMS[kind]
+    # Dataset tools (img2dataset) write each image's original size in width / height: facts about the image
+    # to caption, not output sizes.
+    return others - IMAGE_FACTS if kind is JobKind.CAPTION else others
+
+
+def _pick(record: dict[str, Any], names: tuple[str, ...]) -> str | None:
     for name in names:
         value = record.get(name)
         if value is not None and value != "":
-            return value
+            text = value if type(value) is str else _text(value, name)
+            if text:
+                return text
     return None
 
 
-def _text_lines(url: str, s3: S3Options | None) -> Iterator[tuple[int, str]]:
-    if not url.lower().endswith(".gz"):
-        yield from iter_lines(url, s3)
-        return
-    with open_stream(url, s3) as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as text:
+def _has(record: dict[str, Any]) -> str:
+    """What a record holds, for an error saying which field is missing."""
+    if not record:
+        return "; the record is empty"
+    return "; the record has " + ", ".join(repr(name) for name in record)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__} ({str(value)[:40]})"
+
+
+def _text(value: Any, name: str) -> str:
+    """A text field that is not a str: UTF-8 bytes (a Parquet binary column) are decoded, the rest refused."""
+    if isinstance(value, bytes):
         try:
-            yield from enumerate(text, start=1)
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise InvalidSource(f"{url} is not gzip-compressed UTF-8 text: {exc}") from None
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidSource(
+                f"field {name!r} is not valid UTF-8 (byte 0x{value[exc.start]:02x} at byte {exc.start + 1})"
+            ) from None
+    raise InvalidSource(f"field {name!r} holds {_describe(value)}; it must be text")
 
 
-def iter_records(
-    url: str, s3: S3Options | None, *, exact: bool = False
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, or 0 where unknown; record) of a JSONL or CSV manifest, streamed.
+def _id_text(value: Any, name: str) -> str:
+    """An id that is not a str: an integer becomes its decimal text; a fraction or a boolean is refused,
+    since its text would not be what the user wrote."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, bytes):
+        return _text(value, name)
+    raise InvalidSource(
+        f"field {name!r} holds {_describe(value)}; an id is text or an integer (write it as a string to "
+        "keep it exactly as written)"
+    )
 
-    `exact` reads JSON lines with the json module only: every record exactly as written (pyarrow, faster,
-    gives every record the fields of the first ones).
-    """
+
+#: Characters no id, image reference or text may hold: PostgreSQL cannot store NUL, and a lone surrogate
+#: (a JSON escape such as "\ud800" without its pair) cannot be written as UTF-8 anywhere. Other control
+#: characters are kept as written: output names percent-encode them (jobs.keys) and every export escapes them.
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_text(value: str, name: str) -> None:
+    """Refuse a NUL or a lone surrogate in an id, image reference or text, naming the field and where."""
+    # Callers test `"\x00" in value or not value.isascii()` inline first: most values are neither.
+    if match := _BAD_CHARACTER.search(value):
+        what = (
+            "a NUL character"
+            if match.group() == "\x00"
+            else "a lone surrogate (a JSON escape \\ud800-\\udfff without its pair)"
+        )
+        raise InvalidSource(f"field {name!r} holds {what} at character {match.start() + 1}; remove it")
+
+
+def iter_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSONL or CSV manifest, streamed, every record exactly as written."""
     fmt = manifest_format(url)
-    if fmt == "jsonl" and exact:
-        yield from _python_jsonl(url, s3, skip=0)
-    elif fmt == "jsonl":
-        from pyarrow import ArrowInvalid
-
-        read = 0
-        try:
-            for record in _arrow_jsonl(url, s3):
-                yield 0, record
-                read += 1
-            return
-        except ArrowInvalid:
-            pass  # a malformed line or a field changing type: the exact parser goes on where arrow stopped
-        yield from _python_jsonl(url, s3, skip=read)
+    if fmt == "jsonl":
+        yield from _jsonl_records(url, s3)
     elif fmt == "csv":
-        reader = csv.DictReader(line for _, line in _text_lines(url, s3))
-        try:
-            for row in reader:
-                yield reader.line_num, row
-        except csv.Error as exc:
-            raise InvalidSource(f"{url} line {reader.line_num}: {exc}") from None
+        yield from _csv_records(url, s3)
     else:
         raise InvalidSource(f"{url} is not a JSONL or CSV manifest")
 
 
-def _arrow_jsonl(url: str, s3: S3Options | None) -> Iterator[dict[str, Any]]:
-    # pyarrow parses JSON lines in C, several times faster than json.loads per line: this is most of the
-    # cost of submitting a million-item manifest.
-    import pyarrow.json as pj
-
-    with open_stream(url, s3) as raw:
-        stream: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=raw) if url.lower().endswith(".gz") else raw
-        for batch in pj.open_json(stream, read_options=pj.ReadOptions(use_threads=False)):
-            yield from batch.to_pylist()
+#: What JSON counts as whitespace around a value.
+_JSON_SPACE = " \t\r\n"
 
 
-def _python_jsonl(url: str, s3: S3Options | None, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in _text_lines(url, s3):
-        if not line.strip():
-            continue
-        if skip:
-            skip -= 1
-            continue
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+# The json module's C scanner, called directly: json.loads adds two regular-expression matches per line.
+_DECODE = json.JSONDecoder(parse_constant=_not_json).raw_decode
+
+
+def _jsonl_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in iter_lines(url, s3):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidSource(f"{url} line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise InvalidSource(f"{url} line {lineno}: expected a JSON object")
+            record, end = _DECODE(line)
+        except ValueError:
+            start = len(line) - len(line.lstrip(_JSON_SPACE))
+            if start == len(line):
+                continue  # a blank line
+            try:
+                record, end = _DECODE(line, start)
+            except ValueError as exc:
+                what = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise InvalidSource(f"{url} line {lineno}: not valid JSON ({what})") from None
+        rest = line[end:]
+        if rest != "\n" and rest.strip(_JSON_SPACE):
+            raise InvalidSource(
+                f"{url} line {lineno}: more after the JSON object ({rest[:40].strip()!r}); "
+                "a JSONL manifest holds one JSON object per line"
+            )
+        if type(record) is not dict:
+            raise InvalidSource(
+                f"{url} line {lineno}: expected a JSON object, found {_describe(record)}; a JSONL manifest "
+                "holds one JSON object per line"
+            )
         yield lineno, record
+
+
+def _csv_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(line for _, line in iter_lines(url, s3))
+    try:
+        header = next((row for row in reader if row), None)
+        if header is None:
+            return
+        if len(set(header)) != len(header):
+            twice = sorted({name for name in header if header.count(name) > 1})
+            raise InvalidSource(f"{url} line {reader.line_num}: the header names {', '.join(twice)} twice")
+        width = len(header)
+        for row in reader:
+            if len(row) != width:
+                if not row:
+                    continue  # a blank line
+                raise InvalidSource(
+                    f"{url} line {reader.line_num}: {len(row)} fields where the header has {width}; a field "
+                    'that holds a comma, a quote or a line break is written in quotes ("red, please")'
+                )
+            yield reader.line_num, dict(zip(header, row, strict=True))
+    except csv.Error as exc:
+        raise InvalidSource(f"{url} line {reader.line_num}: {exc}") from None
 
 
 def open_parquet(url: str, s3: S3Options | None) -> Any:
@@ -243,44 +380,60 @@ def open_parquet(url: str, s3: S3Options | None) -> Any:
 
 def iter_parquet_batches(url: str, s3: S3Options | None, wanted: list[str] | None) -> Iterator[Any]:
     """Record batches of a Parquet manifest, with only the `wanted` columns that exist (all if None)."""
-    parquet = open_parquet(url, s3)
+    yield from _batches(open_parquet(url, s3), wanted)
+
+
+def _batches(parquet: Any, wanted: list[str] | None) -> Iterator[Any]:
     names = parquet.schema_arrow.names
     columns = None if wanted is None else [name for name in dict.fromkeys(wanted) if name in names]
     yield from parquet.iter_batches(batch_size=PARQUET_BATCH, columns=columns)
 
 
+def _parquet_records(url: str, batch: Any, first_row: int) -> list[dict[str, Any]]:
+    """The rows of a batch as dicts; a string column holding invalid UTF-8 is reported by row and column."""
+    try:
+        records: list[dict[str, Any]] = batch.to_pylist()
+        return records
+    except UnicodeDecodeError as exc:
+        error = exc
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        for row in range(len(column)):
+            try:
+                column[row].as_py()
+            except UnicodeDecodeError as exc:
+                raise InvalidSource(
+                    f"{url} row {first_row + row}: field {name!r} is not valid UTF-8 ({exc.reason} at byte "
+                    f"{exc.start + 1})"
+                ) from None
+    last = first_row + batch.num_rows - 1
+    raise InvalidSource(f"{url} rows {first_row} to {last}: not valid UTF-8 ({error})")
+
+
 def iter_manifest(
     kind: JobKind, url: str, s3: S3Options | None, columns: Columns | None = None
 ) -> Iterator[ItemSpec]:
-    """Items of a JSONL, CSV or Parquet manifest; a bad record stops it with its line or row number."""
+    """Items of a JSONL, CSV or Parquet manifest, one per record; a bad record stops it with its line or row
+    number. Fields no item reads are logged once, when the manifest has been read."""
     reader = ManifestReader(kind, url, columns)
     index = 0
     if manifest_format(url) == "parquet":
-        for batch in iter_parquet_batches(url, s3, reader.fields()):
-            for record in batch.to_pylist():
+        parquet = open_parquet(url, s3)
+        reader.note_fields(parquet.schema_arrow.names)
+        for batch in _batches(parquet, reader.fields()):
+            for record in _parquet_records(url, batch, index + 1):
                 try:
                     yield reader.item(record, index)
                 except InvalidSource as exc:
                     raise InvalidSource(f"{url} row {index + 1}: {exc}") from None
                 index += 1
-        return
-    for lineno, record in iter_records(url, s3):
-        try:
-            yield reader.item(record, index)
-        except InvalidSource as exc:
-            # The fast JSONL reader does not count lines: find this record's line again, exactly (errors are
-            # rare, a second read of the manifest up to here is cheap next to a user hunting for the line).
-            lineno = lineno or _line_of_record(url, s3, index)
-            raise InvalidSource(f"{url} line {lineno}: {exc}") from None
-        index += 1
-
-
-def _line_of_record(url: str, s3: S3Options | None, index: int) -> int:
-    """The line number of the record at `index` (0-based) of a JSONL manifest."""
-    for position, (lineno, _) in enumerate(_python_jsonl(url, s3, skip=0)):
-        if position == index:
-            return lineno
-    return 0
+    else:
+        for lineno, record in iter_records(url, s3):
+            try:
+                yield reader.item(record, index)
+            except InvalidSource as exc:
+                raise InvalidSource(f"{url} line {lineno}: {exc}") from None
+            index += 1
+    reader.report_ignored(url)
 
 
 # -- folders, prefixes, prompt files, shards ---------------------------------------------------------------
@@ -307,9 +460,11 @@ def iter_webdataset(url: str, s3: S3Options | None) -> Iterator[ItemSpec]:
 
 def iter_prompt_lines(url: str, s3: S3Options | None) -> Iterator[ItemSpec]:
     """One prompt per non-empty line of a text file; the id is the line number."""
-    for lineno, line in _text_lines(url, s3):
-        if line.strip():
-            yield ItemSpec(key=f"{lineno:06d}", text=line.strip())
+    for lineno, line in iter_lines(url, s3):
+        if text := line.strip():
+            if "\x00" in text:
+                raise InvalidSource(f"{url} line {lineno}: holds a NUL character; remove it")
+            yield ItemSpec(key=f"{lineno:06d}", text=text)
 
 
 def iter_source(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import io
 import json
 from pathlib import Path
@@ -67,3 +69,47 @@ def test_webdataset_shards_in_s3(  # type: ignore[no-untyped-def]
     # One ranged GET reads exactly the member: the bytes equal the image written into the shard.
     assert read_input(items[1].source, s3_options) == jpeg_bytes(2)
     assert Image.open(io.BytesIO(read_input(items[-1].source, s3_options))).format == "JPEG"
+
+
+def test_manifests_from_s3_give_every_record_as_written(  # type: ignore[no-untyped-def]
+    s3_options: S3Options, s3_bucket: str, s3_boto_client
+) -> None:
+    # Text read through a streamed GET (and gunzipped): BOM and CRLF dropped, ids never inferred, one item per
+    # record; a Parquet file through ranged GETs with binary text columns.
+    rows = [
+        (f"2024-01-{n % 28 + 1:02d}" if n % 3 else str(n), f'a "fox", number {n}\r\nsits')
+        for n in range(3001)
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)  # "\r\n" line ends, as Excel and Python write them
+    writer.writerow(["id", "prompt"])
+    writer.writerows(rows)
+    s3_boto_client.put_object(Bucket=s3_bucket, Key="m/p.csv", Body=("\ufeff" + buffer.getvalue()).encode())
+    lines = "".join(json.dumps({"id": key, "prompt": text}) + "\r\n" for key, text in rows)
+    s3_boto_client.put_object(
+        Bucket=s3_bucket, Key="m/p.jsonl.gz", Body=gzip.compress(("\ufeff" + lines).encode())
+    )
+    table = pa.table({"id": [k.encode() for k, _ in rows], "prompt": [t.encode() for _, t in rows]})
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet, row_group_size=1000)
+    s3_boto_client.put_object(Bucket=s3_bucket, Key="m/p.parquet", Body=parquet.getvalue())
+    for name in ("p.csv", "p.jsonl.gz", "p.parquet"):
+        items = list(iter_source(JobKind.GENERATE, f"s3://{s3_bucket}/m/{name}", s3_options))
+        assert [(i.key, i.text) for i in items] == rows, name
+
+
+def test_bad_text_in_an_s3_manifest_is_named_by_line(  # type: ignore[no-untyped-def]
+    s3_options: S3Options, s3_bucket: str, s3_boto_client
+) -> None:
+    body = (
+        b"".join(b'{"id": "i%d", "prompt": "p"}\n' % n for n in range(2000))
+        + b'{"id": "x", "prompt": "\xff"}\n'
+    )
+    s3_boto_client.put_object(Bucket=s3_bucket, Key="m/bad.jsonl", Body=body)
+    with pytest.raises(InvalidSource, match=r"bad\.jsonl line 2001: not valid UTF-8 \(byte 0xff"):
+        list(iter_source(JobKind.GENERATE, f"s3://{s3_bucket}/m/bad.jsonl", s3_options))
+    s3_boto_client.put_object(
+        Bucket=s3_bucket, Key="m/bad.csv.gz", Body=gzip.compress(b"id,prompt\na,b\n")[:-6]
+    )
+    with pytest.raises(InvalidSource, match=r"bad\.csv\.gz line \d+: not readable as gzip data"):
+        list(iter_source(JobKind.GENERATE, f"s3://{s3_bucket}/m/bad.csv.gz", s3_options))

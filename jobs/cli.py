@@ -25,6 +25,8 @@ from rich.table import Table
 
 from jobs.api import Client, JobReport
 from jobs.errors import OvisBatchError
+from jobs.export import ExportOptions, ExportReport, write_export
+from jobs.export_destination import format_of
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.settings import Settings, get_settings
 from storage import StorageError
@@ -323,24 +325,34 @@ def list_jobs(
 def export(
     job_id: str,
     out: str | None = typer.Option(
-        None, "--out", "-o", help="File, folder or s3:// URL (txt: default beside each image)."
+        None,
+        "--out",
+        "-o",
+        help="A file, or a folder: a path ending in / or naming an existing folder, s3://bucket/prefix/ "
+        "(README, Outputs). txt without --out: a caption file beside each image.",
     ),
     fmt: str = typer.Option(
         "",
         "--format",
         "-f",
-        help="jsonl, parquet, txt (a caption file beside each image) or manifest (the input manifest with "
-        "the output as a column); default: from --out's extension, else jsonl.",
+        help="jsonl, parquet, txt (a caption file per image) or manifest (the input manifest with the output "
+        "as a column); may be left out only for a .jsonl or .parquet --out file.",
     ),
     status: str | None = typer.Option(None, help="Only items in these states (comma-separated)."),
-    column: str | None = typer.Option(None, help="manifest: the added column (default caption / output)."),
+    column: str | None = typer.Option(
+        None, help="manifest: the added column (default ovis_caption, or ovis_output for images)."
+    ),
 ) -> None:
     """Export a job's results (also while it runs, as far as it has come)."""
-    fmt = fmt or ("parquet" if (out or "").endswith(".parquet") else "jsonl")
-    states = [part.strip() for part in status.split(",") if part.strip()] if status else []
-    client = Client(get_settings())
-    count = _guard(lambda: client.export(job_id, out, fmt, statuses=states, column=column))
-    console.print(f"wrote {count} items to {out or 'caption files beside the images'}", markup=False)
+    states = tuple(part.strip() for part in status.split(",") if part.strip()) if status else ()
+    settings = get_settings()
+
+    def run() -> ExportReport:
+        options = ExportOptions(fmt=fmt or format_of(out), statuses=states, column=column)
+        return write_export(settings, job_id, out, options)
+
+    report: ExportReport = _guard(run)
+    console.print(report.describe(), markup=False)
 
 
 @app.command()

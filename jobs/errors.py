@@ -59,6 +59,12 @@ class InvalidSource(BadInput):
     error_code = "invalid_source"
 
 
+class InvalidExport(InvalidParameters):
+    """An export cannot be written as asked (destination, format or column); the message says which rule."""
+
+    error_code = "invalid_export"
+
+
 class Transient(OvisBatchError):
     """A service was unavailable; the work is handed back and retried with backoff."""
 

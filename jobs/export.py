@@ -1,10 +1,12 @@
 """Exports of a job, streamed from SQL with flat memory, also while the job runs.
 
 - `jsonl`, `parquet`: one row per item: id, input, prompt, output (caption or output URI), status, error.
-- `txt`: a caption file beside each image, `photo.jpg` -> `photo.txt` (what dataset-training tools read).
+- `txt`: a caption file per image, `photo.jpg` -> `photo.txt` (see jobs.export_captions).
 - `manifest`: the job's input manifest again, with the output added as a column (see jobs.export_manifest).
 
-Destinations are local paths or storage URLs (s3://...): files are written locally, then uploaded.
+Where each export goes follows one rule for `--out` (see jobs.export_destination). One-file exports are
+written whole to a temporary file and then renamed over (local) or uploaded as (S3) the destination, which
+they replace; they never replace a folder or an input of the job.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 from sqlalchemy import select
 
 from jobs.db import session_scope
-from jobs.errors import InvalidParameters, JobNotFound
-from jobs.lifecycle import ItemStatus
+from jobs.errors import InvalidExport, InvalidParameters, JobNotFound
+from jobs.export_destination import file_target, parse_destination
+from jobs.lifecycle import ItemStatus, JobKind
 from jobs.models import Item, Job
 from jobs.settings import Settings
 from storage import S3Options, open_store, parse_url
@@ -29,6 +32,8 @@ FORMATS = ("jsonl", "parquet", "txt", "manifest")
 COLUMNS = ("id", "input", "prompt", "output", "status", "error_code", "error", "attempts")
 #: Rows fetched per round trip (a server-side cursor on PostgreSQL).
 ROWS_PER_FETCH = 10_000
+#: The extension of each one-file format's destination.
+_EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet"}
 _CONTENT_TYPES = {
     "jsonl": "application/x-ndjson",
     "parquet": "application/vnd.apache.parquet",
@@ -44,7 +49,7 @@ class ExportOptions:
     fmt: str = "jsonl"
     #: Only items in these states (all when empty), e.g. ("succeeded",).
     statuses: tuple[str, ...] = ()
-    #: `manifest`: the name of the added column (default: "caption", or "output" for images).
+    #: `manifest`: the name of the added column (default: jobs.export_manifest.OUTPUT_COLUMNS by job kind).
     column: str | None = None
 
     def __post_init__(self) -> None:
@@ -55,6 +60,31 @@ class ExportOptions:
         for status in self.statuses:
             if status not in known:
                 raise InvalidParameters(f"unknown item state {status!r}; states: {', '.join(sorted(known))}")
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote, in the units of its format."""
+
+    #: Rows (jsonl, parquet), manifest records, or caption files written.
+    count: int
+    #: What `count` counts, singular: "row", "record" or "caption file".
+    unit: str
+    #: The file written, or the folder the files went under; None for caption files beside the images.
+    destination: str | None
+    #: Files written.
+    files: int = 1
+
+    def describe(self) -> str:
+        """One line for the person who ran the export."""
+        counted = f"{self.count} {self.unit}{'' if self.count == 1 else 's'}"
+        if self.destination is None:
+            return f"wrote {counted} beside the images"
+        if self.unit == "caption file":
+            return f"wrote {counted} under {self.destination}"
+        if self.files == 1:
+            return f"wrote {counted} to {self.destination}"
+        return f"wrote {counted} in {self.files} files under {self.destination}"
 
 
 def load_job(settings: Settings, job_id: str) -> Job:
@@ -162,23 +192,68 @@ def write_file(out: str, suffix: str, write: Callable[[str], int], s3: S3Options
     return count
 
 
-def export_job(settings: Settings, job_id: str, out: str | None, options: ExportOptions | None = None) -> int:
-    """Export a job to `out` (a local path or storage URL; for `txt`, None writes beside the images);
-    return how many items were written."""
+def refuse_inputs(settings: Settings, job: Job, targets: Sequence[str]) -> None:
+    """Refuse to write any of `targets` (file URLs) that is an input of `job`: its source or an item's."""
+    normal = {_normal(target): target for target in targets}
+    sources = {_normal(job.source)} if job.source else set()
+    used = None
+    if job.kind != JobKind.GENERATE.value:  # generate items have no input
+        with session_scope(settings.resolved_database_url) as session:
+            used = session.scalars(
+                select(Item.source).where(Item.job_id == job.id, Item.source.in_(list(normal))).limit(1)
+            ).first()
+    for url in (*sorted(sources & normal.keys()), used):
+        if url is not None:
+            raise InvalidExport(
+                f"--out {normal[url]} is an input of job {job.id}; an export never replaces an input: "
+                "write it elsewhere"
+            )
+
+
+def _normal(url: str) -> str:
+    try:
+        location = parse_url(url)
+    except ValueError:
+        return url
+    if location.scheme == "s3":
+        return f"s3://{location.bucket}/{location.path}"
+    return location.path
+
+
+def write_export(
+    settings: Settings, job_id: str, out: str | None, options: ExportOptions | None = None
+) -> ExportReport:
+    """Export a job to `out` by the `--out` rule (None: caption files beside the images); say what was
+    written."""
     options = options or ExportOptions()
+    job = load_job(settings, job_id)
     if options.fmt == "txt":
         from jobs.export_captions import write_caption_files
 
-        return write_caption_files(settings, job_id, out, options.statuses)
+        folder = None if out is None else parse_destination(out)
+        return write_caption_files(settings, job, folder, options.statuses)
     if out is None:
-        raise InvalidParameters(f"the {options.fmt} export needs a destination (--out)")
+        raise InvalidExport(
+            f"the {options.fmt} export needs --out: a {_EXTENSIONS.get(options.fmt, 'file')} file, or a "
+            "folder ending in /"
+        )
+    destination = parse_destination(out)
     if options.fmt == "manifest":
         from jobs.export_manifest import write_manifest
 
-        return write_manifest(settings, job_id, out, options)
+        return write_manifest(settings, job, destination, options)
+    ext = _EXTENSIONS[options.fmt]
+    target = file_target(destination, ext=ext, default_name=f"{job_id}{ext}", what=f"a {options.fmt} export")
+    refuse_inputs(settings, job, [target])
     rows = lambda: iter_rows(settings, job_id, options.statuses)  # noqa: E731 - opened inside write_file
     writer = write_jsonl if options.fmt == "jsonl" else write_parquet
-    return write_file(out, f".{options.fmt}", lambda path: writer(rows(), path), settings.s3_options())
+    count = write_file(target, ext, lambda path: writer(rows(), path), settings.s3_options())
+    return ExportReport(count, "row", target)
+
+
+def export_job(settings: Settings, job_id: str, out: str | None, options: ExportOptions | None = None) -> int:
+    """Export a job to `out` (see `write_export`); return how many rows, records or caption files it wrote."""
+    return write_export(settings, job_id, out, options).count
 
 
 def write_results(settings: Settings, job_id: str, fmt: str = "jsonl") -> str:

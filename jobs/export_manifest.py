@@ -3,6 +3,10 @@
 JSONL, CSV and Parquet manifests keep their format and all their fields. A WebDataset job gets the per-shard
 Parquet that img2dataset writes beside each shard (`00000.tar` -> `00000.parquet`, one row per sample), with
 the column added, written as one file per shard under the destination folder.
+
+The added column is `ovis_caption` (captions) or `ovis_output` (output URIs of images) unless `--column`
+names another; an existing column of that name is replaced only when its name starts with `ovis_` (a column
+an export added before, in a manifest submitted again), any other is kept and the export refused.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any
 from sqlalchemy import select
 
 from jobs.db import session_scope
-from jobs.errors import InvalidParameters, InvalidSource
-from jobs.export import ExportOptions, load_job, write_file
+from jobs.errors import InvalidExport, InvalidParameters, InvalidSource
+from jobs.export import ExportOptions, ExportReport, refuse_inputs, write_file
+from jobs.export_destination import Destination, file_target, require_folder
 from jobs.lifecycle import ItemStatus, JobKind
 from jobs.models import Item, Job
 from jobs.settings import Settings
@@ -30,12 +35,20 @@ from jobs.sources import (
     open_parquet,
 )
 from jobs.webdataset import is_shard_source, iter_shard_urls, parse_member_url
-from storage import S3Options
+from storage import S3Options, parse_url
 
 #: Records matched per query.
 LOOKUP = 2000
 #: img2dataset's per-shard Parquet names each sample in this column.
 SHARD_KEY_COLUMN = "key"
+#: The column an export adds when `--column` is not given, by job kind.
+OUTPUT_COLUMNS = {
+    JobKind.CAPTION.value: "ovis_caption",
+    JobKind.GENERATE.value: "ovis_output",
+    JobKind.EDIT.value: "ovis_output",
+}
+#: Columns whose name starts with this are ovis-batch's own: an export replaces them.
+OWN_PREFIX = "ovis_"
 
 
 class _Outputs:
@@ -56,45 +69,53 @@ class _Outputs:
             return {key: output for key, output in rows}
 
 
-def write_manifest(settings: Settings, job_id: str, out: str, options: ExportOptions) -> int:
-    """Write the job's input manifest with the output column to `out`; return how many records."""
-    job = load_job(settings, job_id)
-    column = options.column or ("caption" if job.kind == JobKind.CAPTION.value else "output")
-    outputs = _Outputs(settings, job_id, options.statuses)
+def write_manifest(
+    settings: Settings, job: Job, destination: Destination, options: ExportOptions
+) -> ExportReport:
+    """Write the job's input manifest with the output column to `destination`; report the records written."""
+    column = options.column or OUTPUT_COLUMNS[job.kind]
+    outputs = _Outputs(settings, job.id, options.statuses)
     s3 = settings.s3_options()
     fmt = manifest_format(job.source)
     if fmt is None:
         if _is_webdataset(settings, job):
-            return _write_shard_manifests(job, out, column, options.column is not None, outputs, s3)
+            return _write_shard_manifests(job, destination, column, outputs, s3)
         raise InvalidParameters(
-            f"job {job_id} was submitted from {job.source or 'items given directly'}, which is no manifest; "
+            f"job {job.id} was submitted from {job.source or 'items given directly'}, which is no manifest; "
             "export it as jsonl, parquet or txt"
         )
+    ext = f".{fmt}"
+    name = posixpath.basename(job.source.rstrip("/")).removesuffix(".gz")
+    target = file_target(destination, ext=ext, default_name=name, what=f"the manifest of job {job.id}")
+    refuse_inputs(settings, job, [target])
     reader = ManifestReader(JobKind(job.kind), job.source, Columns(**(job.source_options or {})))
-    explicit = options.column is not None
     if fmt == "parquet":
 
         def write_parquet(path: str) -> int:
-            return _parquet(job.source, s3, reader.key, outputs, column, explicit, path, reader.fields())
+            return _parquet(job.source, s3, reader.key, outputs, column, path, reader.fields())
 
-        return write_file(out, ".parquet", write_parquet, s3)
+        count = write_file(target, ext, write_parquet, s3)
+    else:
 
-    def write_text(path: str) -> int:
-        return _text(job.source, s3, reader, outputs, column, explicit, fmt, path)
+        def write_text(path: str) -> int:
+            return _text(job.source, s3, reader, outputs, column, fmt, path)
 
-    return write_file(out, ".jsonl" if fmt == "jsonl" else ".csv", write_text, s3)
+        count = write_file(target, ext, write_text, s3)
+    return ExportReport(count, "record", target)
 
 
-def _collision(column: str, explicit: bool) -> None:
-    if not explicit:
-        raise InvalidParameters(
-            f"the manifest already has a {column!r} field; name the added column with --column "
-            f"(naming {column!r} explicitly replaces it)"
+def _check_column(column: str, where: str) -> None:
+    """Refuse to replace a field of the manifest that ovis-batch did not add."""
+    if not column.startswith(OWN_PREFIX):
+        raise InvalidExport(
+            f"{where} already has a {column!r} field, which an export never replaces (only its own "
+            f"{OWN_PREFIX}* columns): name the added column with --column, or leave --column out for the "
+            "default"
         )
 
 
-def _batched(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
+def _batched(records: Iterator[tuple[int, dict[str, Any]]]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    batch: list[tuple[int, dict[str, Any]]] = []
     for record in records:
         batch.append(record)
         if len(batch) == LOOKUP:
@@ -110,28 +131,26 @@ def _text(
     reader: ManifestReader,
     outputs: _Outputs,
     column: str,
-    explicit: bool,
     fmt: str,
     path: str,
 ) -> int:
     count = 0
-    records = (record for _, record in iter_records(source, s3))
     with open(path, "w", encoding="utf-8", newline="") as out:
         writer: Any = None
-        for batch in _batched(records):
-            keys = [reader.key(record, count + i) for i, record in enumerate(batch)]
+        for batch in _batched(iter_records(source, s3)):
+            keys = [reader.key(record, count + i) for i, (_, record) in enumerate(batch)]
             found = outputs.lookup(keys)
             if fmt == "csv" and writer is None:
-                fields = list(batch[0])
+                fields = list(batch[0][1])
                 if column in fields:
-                    _collision(column, explicit)
+                    _check_column(column, f"the header of {source}")
                 else:
                     fields.append(column)
                 writer = csv.DictWriter(out, fieldnames=fields)
                 writer.writeheader()
-            for key, record in zip(keys, batch, strict=True):
-                if column in record and fmt == "jsonl":
-                    _collision(column, explicit)
+            for key, (lineno, record) in zip(keys, batch, strict=True):
+                if fmt == "jsonl" and column in record:
+                    _check_column(column, f"{source} line {lineno}")
                 record[column] = found.get(key)
                 if fmt == "jsonl":
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -147,7 +166,6 @@ def _parquet(
     key_of: Callable[[dict[str, Any], int], str],
     outputs: _Outputs,
     column: str,
-    explicit: bool,
     path: str,
     key_fields: list[str],
 ) -> int:
@@ -156,7 +174,7 @@ def _parquet(
 
     schema = open_parquet(source, s3).schema_arrow
     if column in schema.names:
-        _collision(column, explicit)
+        _check_column(column, source)
         schema = schema.remove(schema.get_field_index(column))
     schema = schema.append(pa.field(column, pa.string()))
     count = 0
@@ -185,23 +203,48 @@ def _is_webdataset(settings: Settings, job: Job) -> bool:
 
 
 def _write_shard_manifests(
-    job: Job, out: str, column: str, explicit: bool, outputs: _Outputs, s3: S3Options
-) -> int:
-    count = 0
-    for shard in iter_shard_urls(job.source, s3):
-        manifest = shard.removesuffix(".tar") + ".parquet"
+    job: Job, destination: Destination, column: str, outputs: _Outputs, s3: S3Options
+) -> ExportReport:
+    folder = require_folder(destination, "a WebDataset job's manifest is one Parquet file per shard")
+    manifests = [shard.removesuffix(".tar") + ".parquet" for shard in iter_shard_urls(job.source, s3)]
+    targets = _shard_targets(job.source, manifests, folder)
+    for manifest in manifests:
         try:
             open_parquet(manifest, s3)
         except InvalidSource as exc:
             raise InvalidSource(
                 f"{exc}: a WebDataset job's manifest is the Parquet file img2dataset writes beside each shard"
             ) from None
+    count = 0
+    for manifest, target in zip(manifests, targets, strict=True):
 
         def write_shard(path: str, manifest: str = manifest) -> int:
-            return _parquet(manifest, s3, _shard_key, outputs, column, explicit, path, [SHARD_KEY_COLUMN])
+            return _parquet(manifest, s3, _shard_key, outputs, column, path, [SHARD_KEY_COLUMN])
 
-        count += write_file(f"{out.rstrip('/')}/{posixpath.basename(manifest)}", ".parquet", write_shard, s3)
-    return count
+        count += write_file(target, ".parquet", write_shard, s3)
+    return ExportReport(count, "record", folder.url, len(targets))
+
+
+def _shard_targets(source: str, manifests: list[str], folder: Destination) -> list[str]:
+    """Where each shard's manifest goes: its path under the source folder, kept under `folder`; never over
+    a shard's own manifest, and never two shards to one file."""
+    base = parse_url(source).path if "://" not in source else source.rstrip("/")
+    targets = []
+    for manifest in manifests:
+        inside = manifest.startswith(base + "/") and not is_shard_source(source)
+        targets.append(folder.join(manifest[len(base) + 1 :] if inside else posixpath.basename(manifest)))
+    inputs = set(manifests) & set(targets)
+    if inputs:
+        raise InvalidExport(
+            f"--out {folder.given} would replace {min(inputs)}, a manifest of the job's shards (an input): "
+            "write the manifests to another folder"
+        )
+    if len(set(targets)) < len(targets):
+        raise InvalidExport(
+            f"two shards of {source} have the same file name, so their manifests would share a file under "
+            f"--out {folder.given}: export them from a folder source, which keeps the shards' folders"
+        )
+    return targets
 
 
 def _shard_key(record: dict[str, Any], index: int) -> str:

@@ -1,26 +1,24 @@
 """Where item inputs may come from, and how a worker reads one: a plain object or a WebDataset tar member.
 
 Submission checks millions of inputs, so `InputRoots.allows` resolves the real path of each folder once and
-compares the rest as strings. The worker checks every input again with `input_allowed` (real paths, symlinks
-followed) right before reading it: that is the check that guards the files.
+compares the rest as strings: a first filter that refuses a bad manifest early. What guards the files is the
+worker's read, `read_allowed_input`: it pins the local file (or shard) first, then compares where the pinned
+file really lies with the roots' real paths, on every read with nothing remembered in between, and reads only
+what it checked. Sizes are checked before any byte is read, and only regular files are read.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 
-from jobs.errors import InputNotAllowed
-from jobs.webdataset import parse_member_url, read_member
-from storage import S3Options, is_within, read_url
-from storage.local import read_regular_file
+from jobs.errors import ImageTooLarge, InputMissing, InputNotAllowed
+from jobs.webdataset import check_member_range, parse_member_url, read_local_member, read_s3_member
+from storage import ObjectNotFound, S3Options, S3Store, StorageError, is_within, parse_url
+from storage.local import LocalFile
 
 #: Folders remembered by one InputRoots; past this the memo starts again (flat memory on huge sources).
 _MEMO_LIMIT = 65_536
-#: How long a worker trusts a folder's resolved real path (a folder swapped for a symlink is seen after this).
-_WORKER_MEMO_S = 60.0
-_worker_folders: dict[tuple[str, tuple[str, ...]], tuple[bool, float]] = {}
 
 
 class InputRoots:
@@ -54,59 +52,96 @@ class InputRoots:
         return allowed or is_within(url, self.roots)
 
 
-def _plain_local_path(url: str) -> str | None:
-    """`url` when it names a local file by an absolute, normal path (no tar member, no "." or ".." parts)."""
-    if "://" in url or "#" in url or not url.startswith("/") or "/." in url or "//" in url:
-        return None
-    return None if url.endswith("/") else url
-
-
-def _folder_allowed(folder: str, roots: Sequence[str]) -> bool:
-    """Whether the real path of a local folder lies inside a root, remembered for _WORKER_MEMO_S."""
-    key = (folder, tuple(roots))
-    now = time.monotonic()
-    cached = _worker_folders.get(key)
-    if cached is None or now - cached[1] > _WORKER_MEMO_S:
-        if len(_worker_folders) >= _MEMO_LIMIT:
-            _worker_folders.clear()
-        cached = _worker_folders[key] = (is_within(folder or "/", roots), now)
-    return cached[0]
-
-
 def input_allowed(url: str, roots: Sequence[str]) -> bool:
-    """The worker's check before reading: real paths, for plain objects and tar members alike.
-
-    A local file is allowed when the real path of its folder lies inside a root (remembered for a minute)
-    and the file itself is no symlink; any other case takes the full `is_within` test. That is exact, and a
-    stat instead of resolving every component of every path.
-    """
+    """Whether `url` (a tar member by its shard) lies inside a root by real paths as they are now."""
     member = parse_member_url(url)
-    target = member.shard if member is not None else url
-    path = _plain_local_path(target)
-    if path is None or not _folder_allowed(path.rpartition("/")[0], roots) or os.path.islink(path):
-        return is_within(target, roots)
-    return True
+    return is_within(member.shard if member is not None else url, roots)
 
 
-def read_allowed_input(url: str, roots: Sequence[str], s3: S3Options | None) -> bytes:
-    """What a worker does with an item's input: `input_allowed`, then `read_input`; raises InputNotAllowed.
+def read_allowed_input(
+    url: str, roots: Sequence[str], s3: S3Options | None, max_bytes: int | None = None
+) -> bytes:
+    """What a worker does with an item's input: read it if it lies inside `roots` and has at most
+    `max_bytes` bytes, both checked before any byte is read.
 
-    A plain local file in a folder known to be allowed is opened without following a symlink, which is the
-    check and the open in one system call; a symlink, and everything else, takes the two steps.
+    Raises InputNotAllowed, ImageTooLarge, InputMissing (a special file, a member its shard does not hold)
+    and the storage package's errors (ObjectNotFound, StorageUnavailable, ...).
     """
-    path = _plain_local_path(url)
-    if path is not None and _folder_allowed(path.rpartition("/")[0], roots):
-        data = read_regular_file(path)
-        if data is not None:
-            return data
-    if not input_allowed(url, roots):
-        raise InputNotAllowed(f"{url} is outside the allowed input roots")
-    return read_input(url, s3)
+    return _read(url, roots, s3, max_bytes)
 
 
 def read_input(url: str, s3: S3Options | None) -> bytes:
-    """The bytes of an item's input; raises the storage package's errors (ObjectNotFound, ...)."""
+    """The bytes of an item's input wherever it lies, with no size limit (a worker reads with
+    `read_allowed_input`); raises the storage package's errors (ObjectNotFound, ...)."""
+    return _read(url, None, s3, None)
+
+
+def _read(url: str, roots: Sequence[str] | None, s3: S3Options | None, max_bytes: int | None) -> bytes:
     member = parse_member_url(url)
+    target = member.shard if member is not None else url
+    try:
+        location = parse_url(target)
+    except ValueError:
+        raise InputNotAllowed(f"{url} is outside the allowed input roots") from None
+    if location.scheme == "local":
+        with _open_local(url, location.path, roots) as file:
+            if file.kind is not None:
+                what = "a shard" if member is not None else "an input"
+                raise InputMissing(f"{target} is {file.kind}, not a file: {what} must be a regular file")
+            if member is None:
+                _check_size(url, file.size, max_bytes)
+                return file.read()
+            check_member_range(member, max_bytes)
+            return read_local_member(file, member)
+    if roots is not None and not is_within(target, roots):
+        raise InputNotAllowed(f"{url} is outside the allowed input roots")
     if member is not None:
-        return read_member(member, s3)
-    return read_url(url, s3)
+        check_member_range(member, max_bytes)
+        return read_s3_member(member, s3)
+    return _read_s3_object(url, location.bucket, location.path, s3, max_bytes)
+
+
+def _open_local(url: str, path: str, roots: Sequence[str] | None) -> LocalFile:
+    """Pin a local file and check where it really lies; what is missing is only said for paths inside."""
+    real_roots = None if roots is None else _real_local_roots(roots)
+    try:
+        file = LocalFile(path)
+    except StorageError:
+        if roots is not None and not is_within(path, roots):
+            raise InputNotAllowed(f"{url} is outside the allowed input roots") from None
+        raise
+    if real_roots is not None and not any(_under(file.real_path, root) for root in real_roots):
+        file.close()
+        raise InputNotAllowed(f"{url} is outside the allowed input roots")
+    return file
+
+
+def _real_local_roots(roots: Sequence[str]) -> list[str]:
+    """The real paths of the local roots, resolved for each read: a root is trusted, not remembered."""
+    locations = [parse_url(root) for root in roots]
+    return [os.path.realpath(location.path) for location in locations if location.scheme == "local"]
+
+
+def _under(real_path: str, root: str) -> bool:
+    # The real path of the pinned file is compared as it is: resolving it again would look at the paths now,
+    # not at the file that was pinned.
+    root = root.rstrip("/")
+    return real_path == root or real_path.startswith(root + "/")
+
+
+def _read_s3_object(url: str, bucket: str, key: str, s3: S3Options | None, max_bytes: int | None) -> bytes:
+    if not key:
+        raise ObjectNotFound(f"{url} names a bucket, not an object", url=url)
+    try:
+        store = S3Store(bucket, "", s3)
+        answer = store.get(key)
+    except ValueError as exc:  # a key S3 could take but a store refuses (empty segments)
+        raise InputMissing(f"{url} cannot be read: {exc}") from None
+    with answer:
+        _check_size(url, answer.size, max_bytes)
+        return answer.read()
+
+
+def _check_size(url: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ImageTooLarge(f"{url} has {size} bytes; the limit is {max_bytes} (OVIS_BATCH_MAX_IMAGE_BYTES)")

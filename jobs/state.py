@@ -182,7 +182,7 @@ _FINALIZE = (
     .returning(_J.status)
 )
 _CANCEL_REQUESTED = select(_J.cancel_requested).where(_J.id == bindparam("job"))
-_JOB_FOR_CHUNK = select(_J.params, _J.output_url, _J.cancel_requested, _J.status, _J.priority).where(
+_JOB_FOR_CHUNK = select(_J.kind, _J.params, _J.output_url, _J.cancel_requested, _J.status, _J.priority).where(
     _J.id == bindparam("job")
 )
 
@@ -411,8 +411,8 @@ def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[
 
 
 def job_for_chunk(session: Session, *, job_id: str) -> Any:
-    """What a worker reads of a job before claiming a chunk (params, output_url, cancel_requested, status,
-    priority); None for an unknown job."""
+    """What a worker reads of a job before claiming a chunk (kind, params, output_url, cancel_requested,
+    status, priority); None for an unknown job."""
     return session.execute(_JOB_FOR_CHUNK, {"job": job_id}).first()
 
 

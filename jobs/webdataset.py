@@ -16,12 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from jobs.errors import InvalidSource
+from jobs.errors import ImageTooLarge, InputMissing, InvalidSource
 from jobs.objects import open_stream
-from storage import ObjectNotFound, S3Options, StorageError, open_store, parse_url, s3_client
-from storage.s3 import wrap_error
+from storage import S3Options, S3Store, open_store, parse_url
+from storage.local import LocalFile
 
 _MEMBER_URL = re.compile(r"^(?P<shard>.+?\.tar)#(?P<member>[^#]+)@(?P<offset>\d+)\+(?P<size>\d+)$")
 # WebDataset's rule: a sample key is the member path up to the first dot of its file name.
@@ -29,6 +27,8 @@ _SAMPLE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 #: Extensions of image members (the rest of a sample, .txt and .json, is not needed to caption it).
 IMAGE_MEMBER_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
+#: The name field of a tar header.
+_HEADER_NAME_BYTES = 100
 
 
 @dataclass(frozen=True)
@@ -56,34 +56,72 @@ def parse_member_url(url: str) -> TarMember | None:
     return TarMember(match["shard"], match["member"], int(match["offset"]), int(match["size"]))
 
 
-def read_member(member: TarMember, s3: S3Options | None) -> bytes:
-    """The bytes of one member: a seek in a local shard, one ranged GET in S3; storage errors as elsewhere."""
-    location = parse_url(member.shard)
-    if location.scheme == "local":
-        try:
-            with open(location.path, "rb") as shard:
-                shard.seek(member.offset)
-                data = shard.read(member.size)
-        except FileNotFoundError:
-            raise ObjectNotFound(f"no such shard: {member.shard}", url=member.shard) from None
-        except OSError as exc:
-            raise StorageError(f"{member.shard}: {exc.strerror or exc}", url=member.shard) from None
-    else:
-        stop = member.offset + member.size - 1
-        try:
-            response = s3_client(s3 or S3Options()).get_object(
-                Bucket=location.bucket, Key=location.path, Range=f"bytes={member.offset}-{stop}"
-            )
-            data = response["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
-            raise wrap_error(exc, "read", member.url) from exc
-    if len(data) != member.size:
-        raise StorageError(
-            f"{member.url}: the shard ends before the member ({len(data)} of {member.size} bytes); "
-            "was the shard rewritten after submission?",
-            url=member.url,
+def check_member_range(member: TarMember, max_bytes: int | None) -> None:
+    """Refuse, before any read, a member larger than `max_bytes` or whose data cannot start where it says
+    (tar data starts after a 512-byte header, on a 512-byte boundary)."""
+    if max_bytes is not None and member.size > max_bytes:
+        raise ImageTooLarge(
+            f"{member.url}: the member has {member.size} bytes; the limit is {max_bytes} "
+            "(OVIS_BATCH_MAX_IMAGE_BYTES)"
         )
-    return data
+    if member.offset < tarfile.BLOCKSIZE or member.offset % tarfile.BLOCKSIZE:
+        raise InputMissing(
+            f"{member.url}: no tar member's data starts at byte {member.offset} (data starts after a "
+            f"{tarfile.BLOCKSIZE}-byte header, on a {tarfile.BLOCKSIZE}-byte boundary); submit the shard "
+            "again to address its members"
+        )
+
+
+def read_local_member(shard: LocalFile, member: TarMember) -> bytes:
+    """The bytes of a member of a local shard already opened (and confined) by the caller: the range is
+    checked against the shard's size and the member's header before the data is read."""
+    end = member.offset + member.size
+    if end > shard.size:
+        raise InputMissing(
+            f"{member.url}: the shard has {shard.size} bytes and the member would end at byte {end}; "
+            "was the shard rewritten after submission?"
+        )
+    check_member_header(shard.read(member.offset - tarfile.BLOCKSIZE, tarfile.BLOCKSIZE), member)
+    return shard.read(member.offset, member.size)
+
+
+def read_s3_member(member: TarMember, s3: S3Options | None) -> bytes:
+    """The bytes of a member of a shard in S3: one ranged GET of its header and data, whose answer is
+    checked against the range and the header before the data is read."""
+    location = parse_url(member.shard)
+    start, end = member.offset - tarfile.BLOCKSIZE, member.offset + member.size
+    with S3Store(location.bucket, "", s3).get(location.path, start=start, stop=end) as answer:
+        if answer.size != end - start:
+            raise InputMissing(
+                f"{member.url}: the shard has {answer.total} bytes and the member would end at byte {end}; "
+                "was the shard rewritten after submission?"
+            )
+        check_member_header(answer.read(tarfile.BLOCKSIZE), member)
+        return answer.read()
+
+
+def check_member_header(block: bytes, member: TarMember) -> None:
+    """Refuse a member whose range does not follow the header of a regular file of that size and name."""
+    try:
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as exc:
+        problem = f"no tar header precedes byte {member.offset} ({exc})"
+    else:
+        if not info.isreg():
+            problem = f"the header before byte {member.offset} is not a file's"
+        elif info.size != member.size:
+            problem = f"the header before byte {member.offset} gives {info.size} bytes, not {member.size}"
+        elif info.name != member.member and _whole_name_in_header(member.member):
+            problem = f"the header before byte {member.offset} names {info.name!r}, not {member.member!r}"
+        else:
+            return
+    raise InputMissing(f"{member.url}: {problem}; was the shard rewritten after submission?")
+
+
+def _whole_name_in_header(name: str) -> bool:
+    # Longer or non-ASCII names live in a GNU long-name or pax record before the header, which holds a cut or
+    # re-encoded copy: only the size and the type can be compared then.
+    return name.isascii() and len(name) <= _HEADER_NAME_BYTES
 
 
 def is_shard_source(url: str) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -17,15 +19,27 @@ from storage.errors import AccessDenied, ObjectNotFound, StorageError
 # a reader never sees a half-written object.
 _TMP_PREFIX = "."
 _TMP_SUFFIX = ".ovis-tmp"
-#: Bytes asked for per read of a local file.
-_READ_SIZE = 64 * 1024
+
+_PINNED_BY_PATH = hasattr(os, "O_PATH")
+# O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer (only where O_PATH is missing does
+# a special file get opened at all).
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_PIN_FLAGS = (os.O_PATH | os.O_CLOEXEC) if _PINNED_BY_PATH else _READ_FLAGS
+_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 class LocalStore(Store):
     """Objects as files under one directory; keys map to relative paths. The directory is made on first write.
 
     Symlinks to files are followed; symlinked directories are not listed (they could loop). Confining
-    inputs that may be symlinks is the job of ``is_within``, which compares real paths.
+    inputs that may be symlinks is the job of the caller, with ``LocalFile.real_path`` (the file actually
+    opened) or ``is_within`` (real paths now).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -96,35 +110,113 @@ class LocalStore(Store):
         yield from _walk(top, base, prefix)
 
 
-def read_file(path: str, *, flags: int = 0) -> bytes:
-    """Read one local file (os.open `flags` added), wrapping OSError into the package's errors."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+def read_file(path: str) -> bytes:
+    """Read one local regular file whole; a FIFO, device, socket or directory is refused without blocking."""
+    with LocalFile(path) as file:
+        return file.read()
+
+
+class LocalFile:
+    """A local file pinned before any of it is read: what it is, how large, and where it really lies.
+
+    On Linux the path is opened with O_PATH, which resolves it (symlinks followed) and pins the file without
+    opening it for reading: nothing blocks on a FIFO and no device driver runs for a file that is then
+    refused. ``real_path`` is the path of the pinned file itself, read back from the kernel, so a check of it
+    holds for the bytes read later, whatever is renamed or swapped in between. Reads reopen the pinned file
+    through /proc, never the path. Where O_PATH is missing (macOS) the file is opened non-blocking instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
         try:
-            return _read_to_end(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise _wrap_os_error(exc, path) from exc
+            self._handle = os.open(path, _PIN_FLAGS)
+        except OSError as exc:
+            raise _wrap_os_error(exc, path) from exc
+        try:
+            self.stat = os.fstat(self._handle)
+            self.real_path = _pinned_path(self._handle)
+        except OSError as exc:
+            os.close(self._handle)
+            raise _wrap_os_error(exc, path) from exc
 
-
-def read_regular_file(path: str) -> bytes | None:
-    """Read one local file whose last path component is no symlink; None when it is one (the caller decides
-    whether to follow it). The test and the open are one system call, with nothing in between to swap."""
-    try:
-        return read_file(path, flags=os.O_NOFOLLOW)
-    except StorageError as exc:
-        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ELOOP:
+    @property
+    def kind(self) -> str | None:
+        """What the file is when it is not a regular file ("a FIFO", "a directory", ...); None for one."""
+        mode = self.stat.st_mode
+        if stat.S_ISREG(mode):
             return None
-        raise
+        for test, name in _KINDS:
+            if test(mode):
+                return name
+        return "not a regular file"
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes when it was pinned."""
+        return self.stat.st_size
+
+    def read(self, offset: int = 0, size: int | None = None) -> bytes:
+        """``size`` bytes from ``offset`` (the rest of the file, by its pinned size, when None).
+
+        ObjectNotFound for anything but a regular file; StorageError when the file ends before ``size``
+        bytes (it was cut after it was pinned).
+        """
+        if self.kind is not None:
+            raise ObjectNotFound(f"{self.path} is {self.kind}, not a file", url=self.path)
+        if size is None:
+            size = max(0, self.size - offset)
+        try:
+            fd = os.open(f"/proc/self/fd/{self._handle}", _READ_FLAGS) if _PINNED_BY_PATH else self._handle
+            try:
+                data = _pread_exactly(fd, size, offset)
+            finally:
+                if fd != self._handle:
+                    os.close(fd)
+        except OSError as exc:
+            raise _wrap_os_error(exc, self.path) from exc
+        if len(data) != size:
+            raise StorageError(
+                f"{self.path} ends at byte {offset + len(data)}, before the {size} bytes asked from byte "
+                f"{offset}: was it cut while it was read?",
+                url=self.path,
+            )
+        return data
+
+    def close(self) -> None:
+        """Let go of the pinned file."""
+        os.close(self._handle)
+
+    def __enter__(self) -> LocalFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
-def _read_to_end(fd: int) -> bytes:
-    # Plain reads on the descriptor, no file object: one read for a small file, and one that sees its end.
-    chunks = []
-    while chunk := os.read(fd, _READ_SIZE):
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _pinned_path(fd: int) -> str:
+    """The path of the file behind ``fd``, as the kernel holds it (symlinks resolved)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        get_path = getattr(fcntl, "F_GETPATH", None)  # macOS
+        if get_path is None:
+            unknown = "/proc is not mounted: the real path of an open file is unknown"
+            raise OSError(errno.ENOTSUP, unknown) from None
+    path = fcntl.fcntl(fd, get_path, bytes(1024))  # MAXPATHLEN
+    return os.fsdecode(path.split(b"\0", 1)[0])
+
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    # One read for a whole image in practice; the loop covers reads the kernel cuts short.
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    done = len(data)
+    while done < size and (part := os.pread(fd, size - done, offset + done)):
+        parts.append(part)
+        done += len(part)
+    return b"".join(parts)
 
 
 def _walk(directory: str, rel: str, prefix: str) -> Iterator[str]:

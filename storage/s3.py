@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ from storage.errors import AccessDenied, ObjectNotFound, StorageError, StorageUn
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef
 
 _MB = 1024 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes \d+-\d+/(?P<total>\d+)$")
 _AddressingStyle = Literal["auto", "path", "virtual"]
 _ADDRESSING_STYLES = ("auto", "path", "virtual")
 
@@ -178,12 +181,26 @@ class S3Store(Store):
 
     def read(self, key: str) -> bytes:
         """Return the object's bytes; ObjectNotFound if it does not exist."""
+        with self.get(key) as answer:
+            return answer.read()
+
+    def get(self, key: str, *, start: int | None = None, stop: int | None = None) -> S3Answer:
+        """GET the object, or its bytes [start, stop), and leave the body unread: the caller sees the size
+        before it reads (and closes the answer). A range that starts past the object's end is a StorageError.
+        """
         object_key = self.object_key(key)
+        url = self.url_for(key)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=object_key)
-            return response["Body"].read()
+            if start is None:
+                response = self.client.get_object(Bucket=self.bucket, Key=object_key)
+            else:
+                last = "" if stop is None else stop - 1
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=object_key, Range=f"bytes={start}-{last}"
+                )
+            return S3Answer(response, url)
         except (BotoCoreError, ClientError) as exc:
-            raise wrap_error(exc, "read", self.url_for(key)) from exc
+            raise wrap_error(exc, "read", url) from exc
 
     def write(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
         """Put ``data`` in one request, replacing any existing object; return its URL."""
@@ -259,6 +276,38 @@ class S3Store(Store):
             self.client.delete_object(Bucket=self.bucket, Key=object_key)
         except (BotoCoreError, ClientError) as exc:
             raise wrap_error(exc, "delete", self.url_for(key)) from exc
+
+
+class S3Answer:
+    """The answer to a GET, its body not read yet: ``size`` comes from the response headers."""
+
+    def __init__(self, response: GetObjectOutputTypeDef, url: str) -> None:
+        self.url = url
+        self._body = response["Body"]
+        #: Bytes in this answer (Content-Length): the object's, or the range's.
+        self.size = int(response.get("ContentLength", 0))
+        #: Bytes in the whole object: from Content-Range for a ranged GET.
+        self.total = self.size
+        ranged = _CONTENT_RANGE.match(response.get("ContentRange", ""))
+        if ranged is not None:
+            self.total = int(ranged["total"])
+
+    def read(self, amount: int | None = None) -> bytes:
+        """``amount`` bytes of the body, or the rest of it; connection faults are StorageUnavailable."""
+        try:
+            return self._body.read(amount)
+        except (BotoCoreError, ClientError) as exc:
+            raise wrap_error(exc, "read", self.url) from exc
+
+    def close(self) -> None:
+        """Let go of the connection; a body left unread is not read to its end."""
+        self._body.close()
+
+    def __enter__(self) -> S3Answer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def wrap_error(exc: Exception, action: str, url: str) -> StorageError:

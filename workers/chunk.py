@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 import storage
 from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
 from jobs import errors
+from jobs.broker import TASK_NAMES
 from jobs.db import get_engine, session_scope
 from jobs.export import write_results
 from jobs.inputs import read_allowed_input
@@ -195,6 +196,8 @@ class ChunkRun:
     def _run(self) -> ChunkOutcome:
         try:
             items = self._claim()
+            if items is None:  # refused: nothing of the job is touched
+                return self.outcome
             items = sorted([*items, *self._take_read_ahead(items)], key=lambda item: item.seq)
             if items and not self.job_cancelled:
                 self._process(items)
@@ -211,12 +214,27 @@ class ChunkRun:
             raise
         return self.outcome
 
-    def _claim(self) -> list[ClaimedItem]:
+    def _claim(self) -> list[ClaimedItem] | None:
+        """Claim the chunk's items; None when the message is refused (its task is of another kind than its
+        job: a chunk sent by hand as `ovis.caption` for an edit job would record captions as edits)."""
         with self._bookkeeping() as session:
             job = job_for_chunk(session, job_id=self.job_id)
             if job is None:
                 log.warning("chunk of unknown job %s dropped", self.job_id, extra={"job_id": self.job_id})
                 return []
+            if job.kind != self.kind.value:
+                log.warning(
+                    "chunk %s[%d:%d] dropped, no item touched: it came as a %s task for a job of kind %s, "
+                    "whose chunks are %s tasks",
+                    self.job_id,
+                    self.start,
+                    self.stop,
+                    self.kind.value,
+                    job.kind,
+                    TASK_NAMES[JobKind(job.kind)],
+                    extra={"job_id": self.job_id},
+                )
+                return None
             self.priority = job.priority
             if job.cancel_requested:
                 self.job_cancelled = True
@@ -564,19 +582,42 @@ class ChunkRun:
         return [self._prepare(item) for item in items]
 
     def _prepare(self, item: ClaimedItem) -> _Work:
-        """Fetch, decode and build the request of one item (runs on an I/O thread)."""
+        """Fetch, decode and build the request of one item (runs on an I/O thread).
+
+        Whatever goes wrong ends this item alone: bad input with its own code (one WARNING line), anything
+        else as internal_error (an ERROR with the traceback). Only a transient fault is raised: the chunk is
+        handed back and retried.
+        """
         try:
             image = self._load_image(item.source) if self.kind is not JobKind.GENERATE else None
             return _Work(item, request=self.rt.backend.prepare(self._request(item, image)))
         except errors.Transient:
             raise
         except errors.BadInput as exc:
+            log.warning(
+                "item %s of job %s failed: %s: %s",
+                item.key,
+                self.job_id,
+                exc.error_code,
+                exc,
+                extra={"job_id": self.job_id, "item_id": item.key},
+            )
             return _Work(item, error=(exc.error_code, str(exc)))
+        except Exception as exc:  # MemoryError and RecursionError too: no input ends the chunk or the worker
+            log.error(
+                "item %s of job %s failed while its input was prepared",
+                item.key,
+                self.job_id,
+                exc_info=True,
+                extra={"job_id": self.job_id, "item_id": item.key},
+            )
+            detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+            return _Work(item, error=(errors.INTERNAL_ERROR, detail))
 
     def _load_image(self, url: str) -> Image.Image:
         # jobs.inputs reads plain objects and WebDataset tar members (`shard.tar#member@offset+size`).
         try:
-            data = read_allowed_input(url, self.input_roots, self.s3)
+            data = read_allowed_input(url, self.input_roots, self.s3, self.settings.max_image_bytes)
         except storage.ObjectNotFound:
             raise errors.InputMissing(f"{url} does not exist") from None
         except storage.StorageUnavailable as exc:

@@ -1,6 +1,7 @@
-"""Security with real processes and services: JSON-only messages, confined inputs, secrets kept out of the
-database, the broker and the logs, Flower behind authentication, password-protected Redis and PostgreSQL,
-TLS URLs."""
+"""Security with real processes and services: JSON-only messages, confined inputs (on every read), inputs that
+cannot stop or stall a worker, chunks refused when their task is of another kind than their job, secrets kept
+out of the database, the broker and the logs, Flower behind authentication, password-protected Redis and
+PostgreSQL, TLS URLs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import base64
 import contextlib
 import io
 import json
+import os
+import socket
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +27,9 @@ from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
-from jobs.broker import broker_priority, make_celery
+from jobs.broker import TASK_NAMES, broker_priority, make_celery, queue_for
 from jobs.db import alembic_config, get_engine
+from jobs.lifecycle import JobKind
 from jobs.settings import Settings
 from tests.helpers import sample_photo
 from tests.plugins.services import ThrowawayPostgres, ThrowawayRedis, libpq_dsn
@@ -136,6 +141,202 @@ def test_a_source_that_is_not_storage_is_refused_with_what_is_accepted(stack: St
 
 def _job_count(stack: Stack) -> str:
     return f"{stack.rows('SELECT count(*) AS n FROM jobs')[0]['n']} jobs"
+
+
+# -- inputs that cannot stop a worker -----------------------------------------------------------------------
+#: On PYTHONPATH, makes a worker's decoding raise for marked inputs and its backend's prepare for images 17
+#: pixels wide (tests/fault_injection/sitecustomize.py).
+FAULTS = Path(__file__).resolve().parents[1] / "fault_injection"
+
+
+def _broker_settings(stack: Stack) -> Settings:
+    return Settings(broker_url=stack.env["OVIS_BATCH_BROKER_URL"], queue=stack.env["OVIS_BATCH_QUEUE"])
+
+
+def _purge(stack: Stack, kind: JobKind) -> int:
+    """Take every message out of a kind's queue, as if they had not been sent; return how many there were."""
+    app = make_celery(_broker_settings(stack))
+    try:
+        with app.connection_for_write() as connection:
+            return int(connection.default_channel.queue_purge(queue_for(_broker_settings(stack), kind)))
+    finally:
+        app.close()
+
+
+def _send(stack: Stack, task: JobKind, job_id: str, start: int, stop: int) -> None:
+    """Send one chunk task by name, as `celery call ovis.<kind> --args ...` would."""
+    app = make_celery(_broker_settings(stack))
+    try:
+        app.send_task(
+            TASK_NAMES[task], args=[job_id, start, stop], queue=queue_for(_broker_settings(stack), task)
+        )
+    finally:
+        app.close()
+
+
+def _items(stack: Stack, job_id: str) -> dict[str, dict[str, Any]]:
+    rows = stack.rows(
+        "SELECT key, status, error_code, error_message, attempts, worker, output FROM items "
+        "WHERE job_id = :job",
+        job=job_id,
+    )
+    return {row["key"]: row for row in rows}
+
+
+def _wait_ended(stack: Stack, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    wait_for(
+        lambda: _job_status(stack, job_id)["status"] not in ("queued", "running"),
+        timeout,
+        f"job {job_id} did not end",
+    )
+    return _job_status(stack, job_id)
+
+
+def _bad_inputs(folder: Path) -> dict[str, tuple[str, str | None]]:
+    """Inputs in `folder` that each once stopped or stalled a worker, and good ones: id -> (image, code)."""
+    folder.mkdir()
+    cases: dict[str, tuple[str, str | None]] = {}
+    for index in range(3):
+        sample_photo(size=48).save(folder / f"good{index}.jpg")
+        cases[f"good{index}"] = (str(folder / f"good{index}.jpg"), None)
+    os.mkfifo(folder / "fifo.jpg")  # opened for reading, it waits for a writer
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(folder / "socket.jpg"))
+    listener.close()
+    (folder / "folder.jpg").mkdir()
+    with open(folder / "sparse.png", "wb") as sparse:
+        sparse.truncate(600 * 1024 * 1024)  # read whole, 600 MB of zeros in the worker's memory
+    payload = io.BytesIO()
+    sample_photo(size=48).save(payload, "PNG")
+    with tarfile.open(folder / "shard.tar", "w") as tar:
+        info = tarfile.TarInfo("m.png")
+        info.size = len(payload.getvalue())
+        tar.addfile(info, io.BytesIO(payload.getvalue()))
+    (folder / "memory.png").write_bytes(b"MEMORY: decoding this raises MemoryError")
+    (folder / "recursion.png").write_bytes(b"RECURSE: decoding this raises RecursionError")
+    sample_photo(size=48).resize((17, 17)).save(folder / "refused-by-prepare.png")
+    cases.update(
+        {
+            "fifo": (str(folder / "fifo.jpg"), "input_missing"),
+            "socket": (str(folder / "socket.jpg"), "input_missing"),
+            "folder": (str(folder / "folder.jpg"), "input_missing"),
+            "sparse": (str(folder / "sparse.png"), "image_too_large"),
+            "member": (f"{folder}/shard.tar#m.png@512+{info.size}", None),
+            "forged-member": (f"{folder}/shard.tar#m.png@0+1000000000000000", "image_too_large"),
+            "memory": (str(folder / "memory.png"), "internal_error"),
+            "recursion": (str(folder / "recursion.png"), "internal_error"),
+            "refused-by-prepare": (str(folder / "refused-by-prepare.png"), "internal_error"),
+        }
+    )
+    return cases
+
+
+def test_no_input_stops_or_stalls_a_worker(stack: Stack, start_worker: Callable[..., WorkerProcess]) -> None:
+    env = dict(
+        stack.env, PYTHONPATH=os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))
+    )
+    worker = start_worker("--gpus", "none", env=env)
+    cases = _bad_inputs(stack.home / "in")
+    manifest = stack.home / "bad.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": key, "image": image}) + "\n" for key, (image, _) in cases.items())
+    )
+
+    job_id = stack.cli("submit", "caption", "--input", str(manifest)).stdout.split()[-1]
+    report = _wait_ended(stack, job_id)
+
+    items = _items(stack, job_id)
+    outcome = {key: (row["status"], row["error_code"]) for key, row in items.items()}
+    expected = {key: ("failed", code) if code else ("succeeded", None) for key, (_, code) in cases.items()}
+    assert outcome == expected, outcome
+    assert report["status"] == "partial" and all(row["attempts"] == 1 for row in items.values())
+    assert items["memory"]["error_message"] == "MemoryError"
+    assert "OVIS_BATCH_MAX_IMAGE_BYTES" in items["forged-member"]["error_message"]
+    assert "is a FIFO, not a file" in items["fifo"]["error_message"]
+    assert worker.process.poll() is None, "the worker stopped"
+    # Bad input is one WARNING line; what no check foresaw is an ERROR with its traceback.
+    lines = worker.text().splitlines()
+    for key, (_, code) in cases.items():
+        if code is None:
+            continue
+        [at] = [n for n, line in enumerate(lines) if f"item {key} of job {job_id} failed" in line]
+        internal = code == "internal_error"
+        assert ("ERROR" if internal else "WARNING") in lines[at], lines[at]
+        assert lines[at + 1].startswith("Traceback") if internal else "Traceback" not in lines[at + 1], key
+    # And it goes on: the next job runs on the same worker process.
+    next_job = stack.cli("submit", "generate", "--input", _prompts(stack, 2)).stdout.split()[-1]
+    _wait_succeeded(stack, next_job)
+    assert worker.process.poll() is None
+    failed = sum(code is not None for _, code in cases.values())
+    print(f"WORKER LIVES: {len(cases)} inputs, {failed} failed with their codes, the next job ran:")
+    for key, (status, code) in outcome.items():
+        print(f"  {key:20} {status:9} {code or ''}")
+
+
+def test_a_chunk_sent_as_another_kind_of_task_is_refused(
+    stack: Stack, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    sample_photo(size=48).save(stack.home / "cat.jpg")
+    manifest = stack.home / "edits.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": f"e{i}", "image": "cat.jpg", "instruction": "red"}) + "\n" for i in range(3)
+        )
+    )
+    job_id = stack.cli("submit", "edit", "--input", str(manifest)).stdout.split()[-1]
+    assert _purge(stack, JobKind.EDIT) == 1  # the job's one chunk, held back for now
+    worker = start_worker("--gpus", "none", env=dict(stack.env, OVIS_BATCH_RECONCILE_INTERVAL_S="0"))
+
+    _send(stack, JobKind.CAPTION, job_id, 0, 3)  # a stock `celery call ovis.caption` with the edit job's id
+    refusal = "came as a caption task for a job of kind edit, whose chunks are ovis.edit tasks"
+    wait_for(lambda: refusal in worker.text(), 60, f"no refusal logged:\n{worker.text()[-3000:]}")
+    [line] = [line for line in worker.text().splitlines() if refusal in line]
+    assert "WARNING" in line and job_id in line
+    untouched = {
+        key: (row["status"], row["attempts"], row["worker"], row["output"])
+        for key, row in _items(stack, job_id).items()
+    }
+    assert untouched == {f"e{i}": ("queued", 0, None, None) for i in range(3)}
+    assert _job_status(stack, job_id)["status"] == "queued"
+
+    _send(stack, JobKind.EDIT, job_id, 0, 3)
+    assert _wait_succeeded(stack, job_id)["succeeded"] == 3
+    assert all(row["output"].endswith(".png") for row in _items(stack, job_id).values())
+    print(f"KIND: {line.split(': ', 1)[-1][:160]}")
+
+
+def test_a_folder_swapped_for_a_link_between_two_chunks_is_refused_on_the_second(
+    stack: Stack, start_worker: Callable[..., WorkerProcess], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    photos, outside = stack.home / "photos", tmp_path_factory.mktemp("outside-the-roots")
+    for folder in (photos, outside):
+        folder.mkdir(exist_ok=True)
+        for index in range(8):
+            sample_photo(size=48).save(folder / f"p{index}.jpg")  # readable on both sides
+    manifest = stack.home / "photos.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"p{i}", "image": f"photos/p{i}.jpg"}) + "\n" for i in range(8))
+    )
+    job_id = stack.cli("submit", "caption", "--input", str(manifest)).stdout.split()[-1]
+    assert _purge(stack, JobKind.CAPTION) == 2  # chunks of 4 (OVIS_BATCH_CHUNK_SIZE), sent below one by one
+    # Nothing read ahead of a chunk and no re-dispatch: each chunk reads its items when it is sent.
+    env = dict(stack.env, OVIS_BATCH_READ_AHEAD="false", OVIS_BATCH_RECONCILE_INTERVAL_S="0")
+    start_worker("--gpus", "none", env=env)
+
+    _send(stack, JobKind.CAPTION, job_id, 0, 4)
+    wait_for(lambda: _job_status(stack, job_id)["succeeded"] == 4, 60, "the first chunk did not run")
+    photos.rename(stack.home / "photos-before")
+    photos.symlink_to(outside)
+    _send(stack, JobKind.CAPTION, job_id, 4, 8)
+    report = _wait_ended(stack, job_id)
+
+    items = _items(stack, job_id)
+    assert {key: (row["status"], row["error_code"]) for key, row in items.items()} == {
+        **{f"p{i}": ("succeeded", None) for i in range(4)},
+        **{f"p{i}": ("failed", "input_not_allowed") for i in range(4, 8)},
+    }
+    assert report["status"] == "partial"
+    print(f"SECURITY swap: after the folder became a link outside, {report['failed']} items refused at once")
 
 
 # -- secrets -------------------------------------------------------------------------------------------------

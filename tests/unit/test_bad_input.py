@@ -1,17 +1,22 @@
 """Bad input end to end through the embedded runner (SQLite, local files, the torch-free backend).
 
-Inputs that cannot be used end as failed items with their own error code and a message that says why; images
-in unusual formats are converted (see workers/images.py); nothing else fails. Parameters, prompts and
-manifests that are wrong are refused at submit, saying what is allowed, and leave no job behind.
+Inputs that cannot be used end as failed items with their own error code and a message that says why, each
+logged as one WARNING line; images in unusual formats are converted (see workers/images.py); nothing else
+fails. Special files are refused without blocking, sizes before reading, forged tar member ranges before
+allocating. Parameters, prompts and manifests that are wrong are refused at submit, saying what is allowed,
+and leave no job behind.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
+import socket
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -92,8 +97,60 @@ def _items(settings: Settings, job_id: str) -> dict[str, Item]:
         return {i.key: i for i in session.scalars(select(Item).where(Item.job_id == job_id))}
 
 
-def test_a_caption_job_mixing_every_kind_of_bad_input(tmp_path: Path) -> None:
-    settings = embedded_settings(tmp_path, max_image_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS)
+def _special_files(folder: Path) -> dict[str, tuple[bytes | None, str | None]]:
+    """Inputs that are no regular file, and one too large to read, made in `folder`; read whole, each would
+    block the worker (a FIFO waits for a writer) or fill its memory (a sparse file reads as zeros)."""
+    os.mkfifo(folder / "fifo.jpg")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(folder / "socket.jpg"))
+    listener.close()  # the socket file stays
+    (folder / "a-folder.jpg").mkdir()
+    with open(folder / "sparse-600mb.png", "wb") as sparse:
+        sparse.truncate(600 * 1024 * 1024)
+    return {
+        "fifo.jpg": (b"", "input_missing"),
+        "socket.jpg": (b"", "input_missing"),
+        "a-folder.jpg": (b"", "input_missing"),
+        "sparse-600mb.png": (b"", "image_too_large"),
+    }
+
+
+def _tar_members(folder: Path) -> dict[str, tuple[bytes | None, str | None]]:
+    """Member addresses (`shard.tar#member@offset+size`) of a real shard: one right, the others forged."""
+    members = {
+        "m.png": _encoded(sample_photo("coffee.png", 64), "PNG"),
+        "n.jpg": _encoded(sample_photo(), "JPEG"),
+    }
+    with tarfile.open(folder / "shard.tar", "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(folder / "shard.tar") as tar:
+        m, n = tar.getmember("m.png"), tar.getmember("n.jpg")
+    end = (folder / "shard.tar").stat().st_size
+    os.mkfifo(folder / "fifo.tar")
+    return {
+        f"shard.tar#m.png@{m.offset_data}+{m.size}": (None, None),
+        "shard.tar#m.png@0+1000000000000000": (None, "image_too_large"),  # the size alone refuses it
+        f"shard.tar#m.png@{m.offset_data}+{m.size + 7}": (None, "input_missing"),  # the header says otherwise
+        f"shard.tar#m.png@{n.offset_data}+{n.size}": (None, "input_missing"),  # another member's range
+        f"shard.tar#m.png@{m.offset_data + 512}+{m.size}": (None, "input_missing"),  # inside the data
+        f"shard.tar#m.png@{m.offset_data + 3}+{m.size}": (None, "input_missing"),  # off the block grid
+        f"shard.tar#m.png@{end}+{m.size}": (None, "input_missing"),  # past the shard's end
+        "fifo.tar#m.png@512+100": (None, "input_missing"),
+    }
+
+
+def test_a_caption_job_mixing_every_kind_of_bad_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = embedded_settings(
+        tmp_path,
+        max_image_bytes=MAX_BYTES,
+        max_image_pixels=MAX_PIXELS,
+        input_roots=[str(tmp_path), "/dev/zero"],  # a root may name one object: here a device
+    )
     folder = tmp_path / "in"
     folder.mkdir()
     cases = _inputs(folder)
@@ -103,12 +160,17 @@ def test_a_caption_job_mixing_every_kind_of_bad_input(tmp_path: Path) -> None:
     # A link inside the allowed root to a file outside it: the worker reads real paths only.
     (folder / "link-out-of-root.jpg").symlink_to("/etc/hostname")
     cases["link-out-of-root.jpg"] = (b"", "input_not_allowed")
-    (folder / "a-folder.jpg").mkdir()
-    cases["a-folder.jpg"] = (b"", "input_missing")
+    cases.update(_special_files(folder))
+    cases.update(_tar_members(folder))
+    images = {name: f"in/{name}" for name in cases}
+    cases["/dev/zero"], images["/dev/zero"] = (b"", "input_missing"), "/dev/zero"
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps({"id": name, "image": f"in/{name}"}) + "\n" for name in cases))
+    manifest.write_text(
+        "".join(json.dumps({"id": name, "image": image}) + "\n" for name, image in images.items())
+    )
 
-    report = EmbeddedRunner(settings).run(JobKind.CAPTION, str(manifest))
+    with caplog.at_level(logging.WARNING, logger="workers.chunk"):
+        report = EmbeddedRunner(settings).run(JobKind.CAPTION, str(manifest))
 
     items = _items(settings, report.id)
     table = {name: (items[name].status, items[name].error_code) for name in cases}
@@ -127,6 +189,18 @@ def test_a_caption_job_mixing_every_kind_of_bad_input(tmp_path: Path) -> None:
     assert "0 bytes" in messages["zero-bytes.jpg"]
     assert "does not exist" in messages["missing.jpg"]
     assert "outside the allowed input roots" in messages["link-out-of-root.jpg"]
+    assert "is a FIFO, not a file" in messages["fifo.jpg"] and "a socket" in messages["socket.jpg"]
+    assert "is a character device" in messages["/dev/zero"]
+    assert f"has {600 * 1024 * 1024} bytes" in messages["sparse-600mb.png"]
+    assert "OVIS_BATCH_MAX_IMAGE_BYTES" in messages["shard.tar#m.png@0+1000000000000000"]
+    forged = [name for name in cases if name.startswith("shard.tar") and cases[name][1] == "input_missing"]
+    assert all(messages[name].startswith(f"{folder}/{name}: ") for name in forged), messages  # names the item
+    assert any("names 'n.jpg', not 'm.png'" in messages[name] for name in forged)
+    # Bad input is expected: one WARNING line per failed item, no traceback, nothing logged louder.
+    records = [r for r in caplog.records if r.name == "workers.chunk" and r.levelno >= logging.WARNING]
+    bad = {name for name, (_, code) in cases.items() if code}
+    assert sorted(r.getMessage().split()[1] for r in records) == sorted(bad)
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in records)
     # Converted inputs were seen upright and whole: the fake model's caption names the size it got.
     assert "40x80" in (items["exif-rotated.jpg"].output or "")
     assert "40x30" in (items["animated.gif"].output or "")

@@ -54,13 +54,13 @@ class Reads:
         self._lock = threading.Lock()
         real = chunk.read_allowed_input
 
-        def read(url: str, roots: Sequence[str], options: Any) -> bytes:
+        def read(url: str, roots: Sequence[str], options: Any, max_bytes: int | None = None) -> bytes:
             with self._lock:
                 self.count[url] += 1
                 if self.failing and url in self.fail:
                     self.failed[url] += 1
                     raise storage.StorageUnavailable(f"{url}: storage unavailable (simulated)")
-            return real(url, roots, options)
+            return real(url, roots, options, max_bytes)
 
         monkeypatch.setattr(chunk, "read_allowed_input", read)
 

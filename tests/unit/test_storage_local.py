@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from storage import AccessDenied, LocalStore, ObjectNotFound, StorageError, open_store, read_url
+from storage.local import LocalFile, read_file
 
 
 @pytest.fixture
@@ -137,3 +142,76 @@ def test_upload_file_copies_atomically(store: LocalStore, tmp_path: Path) -> Non
     assert Path(url).read_bytes() == source.read_bytes()
     with pytest.raises(StorageError):
         store.upload_file("exports/none.jsonl", tmp_path / "none.jsonl")
+
+
+# -- reading a pinned file -----------------------------------------------------------------------------------
+def _without_blocking(call: Callable[[], object]) -> BaseException | None:
+    """Run `call` on a thread; fail the test (instead of hanging it) if it blocks; return what it raised."""
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            raised[0] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # a guard against hanging the run, not a timing: a blocked read never returns
+    assert not thread.is_alive(), "the read blocked"
+    return raised[0]
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.jpg")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "socket.jpg"))
+    (tmp_path / "folder.jpg").mkdir()
+    specials = {
+        str(tmp_path / "fifo.jpg"): "a FIFO",
+        str(tmp_path / "socket.jpg"): "a socket",
+        str(tmp_path / "folder.jpg"): "a directory",
+        "/dev/zero": "a character device",
+    }
+    try:
+        for path, kind in specials.items():
+            with LocalFile(path) as file:
+                assert file.kind == kind
+            error = _without_blocking(functools.partial(read_file, path))
+            assert isinstance(error, ObjectNotFound) and f"{path} is {kind}, not a file" in str(error)
+    finally:
+        listener.close()
+
+
+def test_a_pinned_file_tells_its_size_and_real_path_before_any_read(tmp_path: Path) -> None:
+    sparse = tmp_path / "data" / "sparse.png"
+    sparse.parent.mkdir()
+    with open(sparse, "wb") as out:
+        out.truncate(600 * 1024 * 1024)
+    (tmp_path / "link.png").symlink_to(sparse)
+    with LocalFile(str(tmp_path / "link.png")) as file:
+        assert (file.kind, file.size, file.real_path) == (None, 600 * 1024 * 1024, str(sparse))
+        assert file.read(1024, 16) == bytes(16)  # a range, not the whole file
+
+
+def test_a_pinned_file_is_what_is_read_whatever_its_path_becomes(tmp_path: Path) -> None:
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "inside" / "a.jpg").write_bytes(b"checked")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "a.jpg").write_bytes(b"secret")
+    with LocalFile(str(tmp_path / "inside" / "a.jpg")) as file:
+        # The folder swapped for a link to another one between the check of real_path and the read.
+        (tmp_path / "inside").rename(tmp_path / "moved")
+        (tmp_path / "inside").symlink_to(tmp_path / "outside")
+        assert file.read() == b"checked"
+        assert file.real_path == str(tmp_path / "inside" / "a.jpg")  # where it was when pinned
+
+
+def test_a_file_cut_after_it_was_pinned_fails_the_read(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"0123456789")
+    with LocalFile(str(path)) as file:
+        assert file.read(2, 3) == b"234"
+        os.truncate(path, 4)
+        with pytest.raises(StorageError, match="ends at byte 4"):
+            file.read()

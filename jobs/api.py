@@ -48,6 +48,10 @@ class JobReport:
     skipped: int = 0
     #: The submission is still reading the source: `total` grows and the job cannot end yet.
     submitting: bool = False
+    #: The job ended but its results file is not written yet (storage was down): the reconciler retries it.
+    export_pending: bool = False
+    #: Why the last try of the results file failed, while it is pending.
+    export_error: str | None = None
 
     @property
     def done(self) -> int:
@@ -82,6 +86,8 @@ def _report(job: Job) -> JobReport:
         source=job.source,
         skipped=job.n_skipped,
         submitting=job.submitting,
+        export_pending=JobStatus(job.status).final and job.export_url is None,
+        export_error=job.export_error if job.export_url is None else None,
     )
 
 

@@ -260,6 +260,15 @@ def _rate_text(report: JobReport) -> str:
     return f"{rate:,.1f} items/s{eta}"
 
 
+def _results_text(report: JobReport) -> str:
+    if report.export_url:
+        return report.export_url
+    if report.export_pending:
+        why = f": last try failed, {report.export_error}" if report.export_error else ""
+        return f"export pending{why} (the reconciler writes it)"
+    return "-"
+
+
 def _print_report(report: JobReport, errors: dict[str, int]) -> None:
     table = Table(show_header=False, box=None)
     for name, value in [
@@ -279,7 +288,7 @@ def _print_report(report: JobReport, errors: dict[str, int]) -> None:
         ("started", report.started_at),
         ("finished", report.finished_at),
         ("outputs", report.output_url),
-        ("results", report.export_url or "-"),
+        ("results", _results_text(report)),
     ]:
         table.add_row(name, str(value if value is not None else "-"))
     for code, count in sorted(errors.items()):

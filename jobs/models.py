@@ -59,6 +59,11 @@ class Job(Base):
     output_url: Mapped[str] = mapped_column(Text)
     #: Export written when the job finished (captions).
     export_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Failed tries of that export (storage down when the job ended): the reconciler tries again, with
+    #: backoff, from `export_retry_at`; `export_error` says why the last try failed.
+    export_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    export_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    export_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     n_queued: Mapped[int] = mapped_column(Integer, default=0)
     n_running: Mapped[int] = mapped_column(Integer, default=0)

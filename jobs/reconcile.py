@@ -6,6 +6,8 @@
   dead worker holds them unacknowledged. A duplicate is harmless: claims are conditional, finished items are
   skipped.
 - Jobs whose items have all ended but were not finalized (a crash in between) are finalized.
+- Final jobs whose results file is missing (storage was down when they ended) get it, with backoff (see
+  jobs/results.py).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from jobs.api import Client
 from jobs.broker import queue_for
 from jobs.db import session_scope
 from jobs.dispatch import CeleryDispatcher
-from jobs.export import write_results
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
 from jobs.queues import queue_depths
+from jobs.results import deliver_results, retry_exports
 from jobs.settings import Settings
 from jobs.state import finalize_job, now, transition
 
@@ -54,10 +56,12 @@ class ReconcileReport:
     expired: int = 0
     redispatched: int = 0
     finalized: list[str] = field(default_factory=list)
+    #: Jobs whose results file was written on a later try.
+    exported: list[str] = field(default_factory=list)
 
 
 def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) -> ReconcileReport:
-    """One pass over unfinished jobs."""
+    """One pass over unfinished jobs, then over final jobs whose results file is missing."""
     dispatcher = dispatcher or CeleryDispatcher(settings)
     client = Client(settings, dispatcher)
     report = ReconcileReport()
@@ -65,10 +69,27 @@ def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) ->
     with session_scope(settings.resolved_database_url) as session:
         jobs = [
             (job.id, JobKind(job.kind))
-            for job in session.scalars(select(Job).where(Job.status.in_(open_statuses)))
+            # A job still being submitted has no chunk out yet: its submission publishes them all at its end.
+            for job in session.scalars(
+                select(Job).where(Job.status.in_(open_statuses), Job.submitting.is_(False))
+            )
         ]
-    if not jobs:
-        return report
+    try:
+        if jobs:
+            _reconcile_open(settings, dispatcher, client, jobs, report)
+    finally:
+        # Results files need the database and storage only: a broker that is away does not hold them back.
+        report.exported = retry_exports(settings)
+    return report
+
+
+def _reconcile_open(
+    settings: Settings,
+    dispatcher: CeleryDispatcher,
+    client: Client,
+    jobs: list[tuple[str, JobKind]],
+    report: ReconcileReport,
+) -> None:
     depths = queue_depths(dispatcher.app, settings)
     in_flight = _recently_taken(dispatcher.app, settings.lease_seconds)
     for job_id, kind in jobs:
@@ -86,7 +107,7 @@ def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) ->
         report.expired += expired
         if status is not None:
             report.finalized.append(job_id)
-            write_results(settings, job_id)
+            deliver_results(settings, job_id)
             continue
         idle = depths.get(queue_for(settings, kind), 0) == 0 and in_flight == 0
         if queued and (expired or idle):
@@ -99,4 +120,3 @@ def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) ->
                 expired,
                 extra={"job_id": job_id},
             )
-    return report

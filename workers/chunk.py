@@ -24,12 +24,12 @@ import storage
 from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
 from jobs import errors
 from jobs.broker import TASK_NAMES
-from jobs.db import get_engine, session_scope
-from jobs.export import write_results
+from jobs.db import get_engine
 from jobs.inputs import read_allowed_input
 from jobs.keys import output_key
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.params import item_seed, resolve
+from jobs.results import deliver_results
 from jobs.state import (
     ClaimedItem,
     cancel_items,
@@ -42,7 +42,6 @@ from jobs.state import (
     job_has_queued_items,
     record_failures,
     record_successes,
-    release_items,
 )
 from workers.images import decode_image, encode_png
 from workers.readahead import Fetch, Taken
@@ -489,34 +488,19 @@ class ChunkRun:
         if status is not None:
             self.outcome.final_status = status
             log.info("job %s finished: %s", self.job_id, status.value, extra={"job_id": self.job_id})
-            try:
-                write_results(self.settings, self.job_id)
-            except Exception:  # the export can be written again with `ovis-batch export`
-                log.exception(
-                    "writing the results of job %s failed", self.job_id, extra={"job_id": self.job_id}
-                )
+            # A failed write is recorded on the job; the reconciler writes the file later.
+            deliver_results(self.settings, self.job_id)
 
     def _release(self) -> None:
         self._drain(raise_errors=False)
         if not self.open:
             return
-        try:
-            with session_scope(self.db) as session:
-                release_items(
-                    session,
-                    job_id=self.job_id,
-                    seqs=sorted(self.open),
-                    worker=self.rt.name,
-                    uncount=self.started,
-                )
-        except _DB_ERRORS:
-            log.warning(
-                "could not hand items back; their lease expires instead", extra={"job_id": self.job_id}
-            )
-            return
-        # The chunk's message comes back for its own range; items claimed ahead outside it need their own.
+        # The chunk's message comes back for its own range; items claimed ahead outside it need their own. A
+        # hand-back the database refuses is made by the runtime as soon as the database answers again.
         outside = [seq for seq in self.open if not self.start <= seq < self.stop]
-        self.rt.send_again(self.kind.value, self.job_id, self.priority, outside)
+        self.rt.hand_back(
+            self.job_id, self.kind.value, self.priority, self.open, uncount=self.started, publish=outside
+        )
 
     def _checkpoint(self, seqs: list[int], renew: bool) -> None:
         """Count an attempt for the items about to be fetched and, if `renew`, extend the lease of the items

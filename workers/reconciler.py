@@ -19,12 +19,14 @@ def _loop(settings: Settings, stop: threading.Event) -> None:
     while not stop.wait(settings.reconcile_interval_s * random.uniform(0.75, 1.25)):
         try:
             report = reconcile(settings, dispatcher)
-            if report.expired or report.redispatched or report.finalized:
+            if report.expired or report.redispatched or report.finalized or report.exported:
                 log.info(
-                    "reconciler: %d leases expired, %d items re-dispatched, %d jobs finalized",
+                    "reconciler: %d leases expired, %d items re-dispatched, %d jobs finalized, %d results "
+                    "files written",
                     report.expired,
                     report.redispatched,
                     len(report.finalized),
+                    len(report.exported),
                 )
         except Exception:
             log.warning("reconciler pass failed; trying again next interval", exc_info=True)

@@ -10,7 +10,10 @@ import sys
 import threading
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from gpu_model import Backend, BackendInfo, BackendOptions, create_backend
 from jobs.db import session_scope
@@ -19,6 +22,7 @@ from jobs.lifecycle import JobKind
 from jobs.settings import Settings, get_settings
 from jobs.state import ClaimedItem, release_items
 from storage import Store, open_store
+from workers.handback import HandBack, PendingHandBacks
 from workers.readahead import ReadAhead
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,12 @@ log = logging.getLogger(__name__)
 #: Allocations between collections of young objects (Python's default: 700). A chunk makes many short-lived
 #: containers (rows, requests, images' attributes) and hardly any reference cycles.
 GC_YOUNG_THRESHOLD = 10_000
+
+
+class StopSignal(Protocol):
+    """An event another process sets: the parent of a prefork pool telling its children that it stops."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def _settle_garbage_collection() -> None:
@@ -73,23 +83,75 @@ class WorkerRuntime:
         self.dispatcher: Dispatcher | None = None
         #: The next chunk's first micro-batch, prepared while a chunk ends (see workers/readahead.py).
         self.read_ahead: ReadAhead[Any] = ReadAhead(self.give_back)
+        #: Hand-backs the database refused, made as soon as it answers (see workers/handback.py).
+        self.pending_hand_backs = PendingHandBacks(self._hand_back_kept)
+
+    def follow(self, stop: StopSignal) -> None:
+        """Set `stopping` once `stop` is set: a prefork child learns of its parent's warm shutdown this way,
+        as Celery keeps SIGTERM from the children of a pool that stops gracefully."""
+
+        def watch() -> None:
+            stop.wait()
+            self.stopping.set()
+
+        threading.Thread(target=watch, name="ovis-stop-watch", daemon=True).start()
 
     def give_back(self, job_id: str, kind: str, priority: int, items: list[ClaimedItem]) -> None:
         """Hand items claimed ahead back to the queue, their attempt taken back, and publish them again."""
         seqs = [item.seq for item in items]
+        self.hand_back(job_id, kind, priority, seqs, uncount=seqs, publish=seqs)
+
+    def hand_back(
+        self,
+        job_id: str,
+        kind: str,
+        priority: int,
+        seqs: Collection[int],
+        *,
+        uncount: Collection[int],
+        publish: Collection[int],
+    ) -> bool:
+        """Put running items of this worker back in the queue, the attempts of those in `uncount` taken back,
+        and publish `publish` again; return True if done now. When the database refuses, the hand-back is kept
+        and made as soon as it answers, every item then published again (the chunk's own message may have
+        come and gone meanwhile)."""
+        handback = HandBack(
+            job_id,
+            kind,
+            priority,
+            seqs=tuple(sorted(seqs)),
+            uncount=tuple(sorted(set(uncount) & set(seqs))),
+            publish=tuple(sorted(publish)),
+        )
         try:
-            with session_scope(self.settings.resolved_database_url) as session:
-                release_items(session, job_id=job_id, seqs=seqs, worker=self.name, uncount=seqs)
-        except Exception:
+            self._release(handback)
+        except SQLAlchemyError as exc:
             log.warning(
-                "could not hand back %d items of job %s read ahead; their lease expires instead",
-                len(seqs),
+                "could not hand back %d items of job %s (%s); handing them back as soon as the database "
+                "answers",
+                len(handback.seqs),
                 job_id,
-                exc_info=True,
+                exc.__class__.__name__,
                 extra={"job_id": job_id},
             )
-            return
-        self.send_again(kind, job_id, priority, seqs)
+            self.pending_hand_backs.keep(replace(handback, publish=handback.seqs))
+            return False
+        self.send_again(kind, job_id, priority, handback.publish)
+        return True
+
+    def _release(self, handback: HandBack) -> None:
+        with session_scope(self.settings.resolved_database_url) as session:
+            release_items(
+                session,
+                job_id=handback.job_id,
+                seqs=handback.seqs,
+                worker=self.name,
+                uncount=handback.uncount,
+            )
+
+    def _hand_back_kept(self, handback: HandBack) -> None:
+        self._release(handback)
+        self.send_again(handback.kind, handback.job_id, handback.priority, handback.publish)
 
     def send_again(self, kind: str, job_id: str, priority: int, seqs: Collection[int]) -> None:
         """Publish one chunk over items handed back outside the chunk message that covers them; without a
@@ -117,6 +179,15 @@ class WorkerRuntime:
             if cls._current is None or cls._current.name != f"{socket.gethostname()}:{os.getpid()}":
                 cls._current = WorkerRuntime(get_settings())
             return cls._current
+
+    @classmethod
+    def existing(cls) -> WorkerRuntime | None:
+        """The process's runtime if it has one (the parent of a prefork pool has none: its children do)."""
+        with cls._lock:
+            runtime = cls._current
+            if runtime is None or runtime.name != f"{socket.gethostname()}:{os.getpid()}":
+                return None
+            return runtime
 
     @classmethod
     def install(cls, runtime: WorkerRuntime) -> None:

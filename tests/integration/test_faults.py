@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobs.keys import output_key
+from tests.helpers import write_photos
 from tests.plugins.services import ThrowawayPostgres, ThrowawayRedis, free_port
 from tests.plugins.workers import Stack, WorkerProcess, wait_for
 from tests.tcp_proxy import TcpProxy
@@ -368,7 +370,8 @@ def test_worker_killed_while_its_chunks_wait_for_a_retry(
     env = _env(stack, OVIS_BATCH_S3_ENDPOINT_URL=s3_proxy.url)
     s3_proxy.kill()
     worker = start_worker("--gpus", "none", "--node", "e0@%h", env=env)
-    job_id = _submit(stack, env, _prompts(stack, "eta", 8))
+    # The producer reaches S3 (submit checks the output location); only the worker's endpoint is down.
+    job_id = _submit(stack, stack.env, _prompts(stack, "eta", 8))
     wait_for(lambda: worker.text().count("hit storage_unavailable") >= 2, 60, "the chunks were not retried")
     _wait(records, job_id, lambda job: job["n_queued"] == 8, 30, "the chunks did not hand their items back")
     _kill(worker)
@@ -439,3 +442,108 @@ def test_cancel_stops_at_the_next_micro_batch(
         f"  the job was cancelled {took:.1f}s after `ovis-batch cancel` started; {after} items finished after"
     )
     assert worker.process.poll() is None
+
+
+#: Items of a job leased to a worker with a lease ending before :t.
+_HELD_BEFORE = """
+    SELECT count(*) AS n FROM items
+    WHERE job_id = :j AND status = 'running' AND worker = :w AND lease_until < :t
+"""
+
+
+def _held_before(db: Records, job_id: str, worker: str, lease_ends: datetime) -> int | None:
+    """Items leased to `worker` whose lease ends before `lease_ends`; None while the database is down."""
+    try:
+        return int(db.rows(_HELD_BEFORE, j=job_id, w=worker, t=lease_ends)[0]["n"])
+    except SQLAlchemyError:
+        return None
+
+
+def _restart_mid_chunk(
+    db: Records, server: ThrowawayPostgres, job_id: str, worker: str, lease: int, which: str
+) -> None:
+    """Restart the database while `worker` holds items, then wait until it has handed back (or finished)
+    every item it held, and made progress again."""
+    wait_for(
+        lambda: bool(_held_before(db, job_id, worker, datetime.now(UTC) + timedelta(seconds=lease))),
+        60,
+        f"the worker held no items before {which}: {db.job(job_id)}",
+    )
+    # Items leased before this instant have leases that end before `lease_ends`.
+    lease_ends = datetime.now(UTC) + timedelta(seconds=lease)
+    done = db.job(job_id)["n_succeeded"]  # type: ignore[index]
+    server.kill()
+    time.sleep(1.0)
+    server.start()
+    # Well before any lease could run out, what the worker held is back in the queue, or done.
+    wait_for(
+        lambda: _held_before(db, job_id, worker, lease_ends) == 0,
+        30,
+        f"items stayed leased to the live worker after {which}",
+    )
+    wait_for(
+        lambda: (db.job(job_id) or {"n_succeeded": done})["n_succeeded"] > done,
+        60,
+        f"no progress after {which}",
+    )
+
+
+def test_postgres_restarted_more_often_than_max_attempts_uses_up_no_attempt(
+    throwaway_postgres: tuple[str, ThrowawayPostgres],
+    redis_url: str,
+    stack_on: Callable[..., Stack],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    # A lease far longer than the test: nothing but the worker's own hand-back can free what it held.
+    database_url, server = throwaway_postgres
+    stack = stack_on(database_url=database_url, broker_url=redis_url)
+    db = Records(database_url)
+    started = time.monotonic()
+    lease, max_attempts = 600, 3
+    env = _env(
+        stack,
+        OVIS_BATCH_LEASE_SECONDS=str(lease),
+        OVIS_BATCH_MAX_ATTEMPTS=str(max_attempts),
+        OVIS_BATCH_CHUNK_SIZE="8",
+        OVIS_BATCH_FAKE_MS_PER_ITEM="150",
+    )
+    worker, job_id = _job_under_way(stack, db, spawn_worker, env, "pgx", 96)
+    for restart in range(1, max_attempts + 2):
+        _restart_mid_chunk(db, server, job_id, _worker_name(worker), lease, f"restart {restart}")
+    _wait_final(db, job_id, 180)
+    outcome = _audit(stack, db, job_id, f"PostgreSQL restarted {max_attempts + 1} times", started)
+    assert (outcome.completed, outcome.failed) == (96, 0)
+    attempts = [item["attempts"] for item in db.items(job_id)]
+    assert max(attempts) < max_attempts, f"outages charged attempts: {sorted(attempts)[-5:]}"
+    waited = "kept while the database was unavailable" in worker.text()
+    assert waited, "no hand-back ever waited for the database: the restarts missed the chunks"
+    assert worker.process.poll() is None
+    db.close()
+
+
+def test_results_file_written_once_storage_is_back(
+    stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess], s3_proxy: TcpProxy
+) -> None:
+    # Captions of local photos: the items need no storage, only the job's results file does, and S3 is
+    # unreachable for the worker from the start.
+    env = _env(stack, OVIS_BATCH_S3_ENDPOINT_URL=s3_proxy.url)
+    photos = write_photos(stack.home / "photos", count=6)
+    s3_proxy.kill()
+    start_worker("--gpus", "none", "--node", "x0@%h", env=env)
+    job_id = stack.cli("submit", "caption", "--input", str(photos[0].parent)).stdout.split()[-1]
+    _wait(records, job_id, lambda job: job["export_error"] is not None, 120, "no failed export was recorded")
+    job = records.job(job_id)
+    assert job is not None and (job["status"], job["export_url"]) == ("succeeded", None)
+    shown = stack.cli("status", job_id).stdout
+    assert "export pending" in " ".join(shown.split()), shown
+    report = json.loads(stack.cli("status", job_id, "--json").stdout)
+    assert report["export_pending"] and "StorageUnavailable" in report["export_error"]
+
+    s3_proxy.start()
+    _wait(
+        records, job_id, lambda job: job["export_url"] is not None, 120, "the results file was never written"
+    )
+    results = _results(stack, job_id)
+    assert sorted(row["id"] for row in results) == sorted(photo.name for photo in photos)
+    assert records.job(job_id)["export_url"] == f"s3://{stack.bucket}/outputs/{job_id}/results.jsonl"  # type: ignore[index]
+    assert not json.loads(stack.cli("status", job_id, "--json").stdout)["export_pending"]

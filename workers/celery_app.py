@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from typing import Any
 
 from billiard.process import current_process
@@ -20,6 +21,9 @@ app = make_celery(get_settings(), include=["workers.tasks"])
 
 #: Processes of this worker's prefork pool, learnt before the pool forks (0: not a prefork worker).
 _pool: dict[str, int] = {"processes": 0}
+#: Set by the parent of a prefork pool when its warm shutdown starts; created before the pool forks, so that
+#: every child inherits it (see _stop_chunks).
+_pool_stopping: dict[str, Any] = {"event": None}
 
 
 def _load_model() -> None:
@@ -52,6 +56,8 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     _pool["processes"] = concurrency if isinstance(concurrency, int) and not in_process else 0
     if in_process:
         _load_model()
+    else:
+        _pool_stopping["event"] = multiprocessing.Event()
 
 
 @signals.worker_process_init.connect
@@ -61,15 +67,25 @@ def _load_in_child(**_: Any) -> None:
     if get_settings().pin_cpus:
         pin_pool_process(getattr(current_process(), "index", 0), _pool["processes"])
     _load_model()
+    if _pool_stopping["event"] is not None:
+        from workers.runtime import WorkerRuntime
+
+        WorkerRuntime.current().follow(_pool_stopping["event"])
 
 
 @signals.worker_shutting_down.connect
 def _stop_chunks(**_: Any) -> None:
-    # Warm shutdown (SIGTERM): the running chunk hands its unfinished items back at the next micro-batch
-    # instead of holding the shutdown for the rest of the chunk.
+    # Warm shutdown (SIGTERM): running chunks hand their unfinished items back at the next micro-batch instead
+    # of holding the shutdown for the rest of the chunk. A solo pool runs them in this process; a prefork
+    # pool in children that Celery never signals on a warm shutdown (it waits for their tasks): they watch
+    # the event this process sets.
     from workers.runtime import WorkerRuntime
 
-    WorkerRuntime.current().stopping.set()
+    if _pool_stopping["event"] is not None:
+        _pool_stopping["event"].set()
+    runtime = WorkerRuntime.existing()
+    if runtime is not None:
+        runtime.stopping.set()
 
 
 @signals.worker_ready.connect

@@ -91,8 +91,8 @@ OutputOpt = typer.Option(None, "--output", help="Storage URL for outputs (defaul
 SkipOpt = typer.Option(
     False,
     "--skip-existing",
-    help="Keep outputs earlier jobs of this kind made for the same ids in the same output location; "
-    "compute only the rest.",
+    help="Reuse an earlier job's output where it is the one this item would get (same input bytes, prompt, "
+    "parameters, seed, model and output location); compute only the rest.",
 )
 
 
@@ -168,21 +168,20 @@ def _submit(
 def _run(
     kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
 ) -> None:
-    if skip:
-        raise _fail("--skip-existing applies to `ovis-batch submit`")
     settings = get_settings()
     if output:
         settings = settings.model_copy(update={"storage_url": output})
-    report = run_embedded(settings, kind, source, params)
+    report = run_embedded(settings, kind, source, params, skip_existing=skip)
     _print_outcome(report)
 
 
-def run_embedded(settings: Settings, kind: JobKind, source: str, params: dict[str, Any]) -> JobReport:
+def run_embedded(
+    settings: Settings, kind: JobKind, source: str, params: dict[str, Any], *, skip_existing: bool = False
+) -> JobReport:
     """Run one job in this process with a progress bar; return its final report."""
     # The CLI is where producer and worker meet: only the embedded mode imports the worker side.
-    from workers.embedded import EmbeddedRunner
-
     from gpu_model import BackendLoadError
+    from workers.embedded import EmbeddedRunner
 
     runner = EmbeddedRunner(settings)
     try:
@@ -195,7 +194,9 @@ def run_embedded(settings: Settings, kind: JobKind, source: str, params: dict[st
         def show(report: JobReport) -> None:
             progress.update(task, total=report.total, completed=report.done)
 
-        return _guard(lambda: runner.run(kind, source, params=params, on_progress=show))
+        return _guard(
+            lambda: runner.run(kind, source, params=params, on_progress=show, skip_existing=skip_existing)
+        )
 
 
 _register(submit_app, _submit)

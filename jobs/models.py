@@ -77,6 +77,8 @@ class Job(Base):
     #: True while the submission still inserts items: workers can end every item inserted so far before the
     #: next batch commits, and the job must not be final then.
     submitting: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: `--skip-existing`: an item takes an earlier output with the same fingerprint instead of running.
+    reuse_outputs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -99,6 +101,12 @@ class Item(Base):
             "status",
             postgresql_where=text(OPEN_STATUS_PREDICATE),
             sqlite_where=text(OPEN_STATUS_PREDICATE),
+        ),
+        Index(
+            "ix_items_fingerprint",
+            "fingerprint",
+            postgresql_where=text("fingerprint IS NOT NULL"),
+            sqlite_where=text("fingerprint IS NOT NULL"),
         ),
     )
 
@@ -123,5 +131,7 @@ class Item(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: Caption text, or the URL of the output image.
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: What the output was made from (workers.reuse): equal fingerprints, equal outputs.
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -18,12 +18,14 @@ from sqlalchemy import (
     CursorResult,
     Integer,
     Table,
+    Text,
     Update,
     and_,
     any_,
     bindparam,
     case,
     func,
+    literal_column,
     or_,
     select,
     true,
@@ -132,23 +134,35 @@ _SUCCEEDED: dict[str, Any] = {
     "error_code": None,
     "error_message": None,
 }
-# One JSON object {seq: output}: one parameter for the driver to pass (arrays are escaped item by item).
+# One JSON object {seq: [output, fingerprint]}: one parameter for the driver to pass (arrays are escaped item
+# by item).
 _OUTPUTS = (
-    func.json_each_text(bindparam("b_outputs", type_=JSON))
-    .table_valued("key", "value")
-    .render_derived(name="v")
+    func.json_each(bindparam("b_outputs", type_=JSON)).table_valued("key", "value").render_derived(name="v")
 )
 #: PostgreSQL: a micro-batch's outputs in one UPDATE joined to the seqs and outputs of the JSON object.
 _RECORD_SUCCESSES = (
     update(_ITEMS)
     .where(*_RUNNING_OF_JOB, _C.seq == _OUTPUTS.c.key.cast(Integer))
-    .values(output=_OUTPUTS.c.value, **_SUCCEEDED)
+    .values(
+        output=_OUTPUTS.c.value.op("->>", return_type=Text)(literal_column("0")),
+        fingerprint=_OUTPUTS.c.value.op("->>", return_type=Text)(literal_column("1")),
+        **_SUCCEEDED,
+    )
 )
 #: Elsewhere: one UPDATE per output (executemany).
 _RECORD_SUCCESS = (
     update(_ITEMS)
     .where(*_RUNNING_OF_JOB, _C.seq == bindparam("b_seq"))
-    .values(output=bindparam("b_output"), **_SUCCEEDED)
+    .values(output=bindparam("b_output"), fingerprint=bindparam("b_fingerprint"), **_SUCCEEDED)
+)
+_COUNT_SKIPPED = (
+    update(_JOBS).where(_J.id == bindparam("job")).values(n_skipped=_J.n_skipped + bindparam("count"))
+)
+_REUSABLE = select(_C.fingerprint, _C.output).where(
+    _C.fingerprint.in_(bindparam("prints", expanding=True)),
+    _C.status == ItemStatus.SUCCEEDED.value,
+    _C.job_id != bindparam("job"),
+    _C.output.is_not(None),
 )
 _RECORD_FAILURE = (
     update(_ITEMS)
@@ -182,9 +196,9 @@ _FINALIZE = (
     .returning(_J.status)
 )
 _CANCEL_REQUESTED = select(_J.cancel_requested).where(_J.id == bindparam("job"))
-_JOB_FOR_CHUNK = select(_J.kind, _J.params, _J.output_url, _J.cancel_requested, _J.status, _J.priority).where(
-    _J.id == bindparam("job")
-)
+_JOB_FOR_CHUNK = select(
+    _J.kind, _J.params, _J.output_url, _J.cancel_requested, _J.status, _J.priority, _J.reuse_outputs
+).where(_J.id == bindparam("job"))
 
 _JOB_QUEUED = select(or_(_J.n_queued > 0, _J.submitting.is_(True))).where(_J.id == bindparam("job"))
 
@@ -381,19 +395,42 @@ def _is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def record_successes(session: Session, *, job_id: str, outputs: dict[int, str]) -> int:
-    """Record outputs of running items (seq -> caption or URL); return how many were recorded."""
+def record_successes(
+    session: Session,
+    *,
+    job_id: str,
+    outputs: dict[int, str],
+    fingerprints: dict[int, str] | None = None,
+    reused: bool = False,
+) -> int:
+    """Record outputs of running items (seq -> caption or URL, and what made each: see workers.reuse);
+    return how many were recorded. `reused` outputs were taken from earlier jobs and count as skipped."""
     if not outputs:
         return 0
     t = now()
+    prints = fingerprints or {}
     if _is_postgresql(session):
-        result = session.execute(_RECORD_SUCCESSES, {"b_job": job_id, "b_t": t, "b_outputs": outputs})
+        values = {seq: [out, prints.get(seq)] for seq, out in outputs.items()}
+        result = session.execute(_RECORD_SUCCESSES, {"b_job": job_id, "b_t": t, "b_outputs": values})
     else:
-        rows = [{"b_job": job_id, "b_seq": seq, "b_output": out, "b_t": t} for seq, out in outputs.items()]
+        rows = [
+            {"b_job": job_id, "b_seq": seq, "b_output": out, "b_fingerprint": prints.get(seq), "b_t": t}
+            for seq, out in outputs.items()
+        ]
         result = session.execute(_RECORD_SUCCESS, rows)
     moved = _rowcount(result)
     _move_counters(session, job_id, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, moved)
+    if reused and moved:
+        session.execute(_COUNT_SKIPPED, {"job": job_id, "count": moved})
     return moved
+
+
+def reusable_outputs(session: Session, *, job_id: str, fingerprints: Collection[str]) -> dict[str, str]:
+    """Outputs of succeeded items of other jobs with these fingerprints (fingerprint -> output)."""
+    if not fingerprints:
+        return {}
+    rows = session.execute(_REUSABLE, {"prints": list(fingerprints), "job": job_id})
+    return {fingerprint: output for fingerprint, output in rows}
 
 
 def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[str, str]]) -> int:

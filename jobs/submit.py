@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
-from jobs.bulk import ExistingOutputs, insert_items, refresh_statistics
+from jobs.bulk import insert_items, refresh_statistics
 from jobs.db import ensure_schema, session_scope
 from jobs.dispatch import Dispatcher, send_chunks
 from jobs.errors import InputNotAllowed, InvalidParameters, InvalidSource
@@ -144,8 +144,7 @@ class _BatchWriter:
         self.job_id, self.kind, self.priority = job_id, kind, priority
         self.dispatcher = dispatcher
         self.chunk_size = settings.chunk_size
-        self.existing: ExistingOutputs | None = None
-        self.total = self.queued = self.skipped = 0
+        self.total = 0
         #: Chunks of the batches written so far, published once the whole source is in.
         self.ranges: list[tuple[int, int]] = []
         self._lock = threading.Lock()
@@ -153,29 +152,16 @@ class _BatchWriter:
     def write(self, first: int, specs: list[ItemSpec]) -> None:
         """Insert one batch (seqs from `first`) in one transaction and note its chunks."""
         with session_scope(self.url) as session:
-            done = self.existing.lookup(session, [s.key for s in specs]) if self.existing else {}
-            insert_items(session, self.job_id, first, specs, done)
-            skipped = len(done)
+            insert_items(session, self.job_id, first, specs)
             # The counters last: concurrent batches then hold the job row's lock only until they commit.
             session.execute(
                 update(Job)
                 .where(Job.id == self.job_id)
-                .values(
-                    total=Job.total + len(specs),
-                    n_queued=Job.n_queued + len(specs) - skipped,
-                    n_succeeded=Job.n_succeeded + skipped,
-                    n_skipped=Job.n_skipped + skipped,
-                )
+                .values(total=Job.total + len(specs), n_queued=Job.n_queued + len(specs))
             )
-        if done:
-            seqs: Iterable[int] = (first + i for i, s in enumerate(specs) if s.key not in done)
-        else:
-            seqs = range(first, first + len(specs))
-        ranges = chunk_ranges(seqs, self.chunk_size)
+        ranges = chunk_ranges(range(first, first + len(specs)), self.chunk_size)
         with self._lock:
             self.total += len(specs)
-            self.skipped += skipped
-            self.queued += len(specs) - skipped
             self.ranges.extend(ranges)
 
     def publish(self) -> None:
@@ -206,8 +192,9 @@ def submit_job(
 
     Chunks are dispatched only once every item has been read and checked: an invalid item stops the
     submission, the job and its items are deleted, and the error names the item.
-    With `skip_existing`, items whose id already has an output (see ExistingOutputs) are recorded as
-    succeeded with that output and are not computed again.
+    With `skip_existing`, a worker gives an item the output of an earlier job's item made from the same
+    input bytes, prompt, parameters, seed and model into the same output location (workers.reuse) instead of
+    computing it again; such items count as skipped.
     """
     url = settings.resolved_database_url
     if settings.embedded:
@@ -242,10 +229,9 @@ def submit_job(
                 n_skipped=0,
                 cancel_requested=False,
                 submitting=True,
+                reuse_outputs=skip_existing,
             )
         )
-        if skip_existing:
-            writer.existing = ExistingOutputs(session, kind=kind, output_url=output_url, job_id=job_id)
     check = ItemChecker(kind, settings)
     # Batches hold whole chunks, so that no chunk spans two batches that commit independently.
     batch_size = max(1, INSERT_BATCH // settings.chunk_size) * settings.chunk_size
@@ -279,10 +265,9 @@ def submit_job(
         raise
     _end_submission(settings, job_id)
     log.info(
-        "submitted job %s: %d items, %d skipped",
+        "submitted job %s: %d items",
         job_id,
         writer.total,
-        writer.skipped,
         extra={"job_id": job_id, "kind": kind.value, "items": writer.total},
     )
     return job_id

@@ -9,7 +9,7 @@ from storage.base import Store
 from storage.errors import AccessDenied, ObjectNotFound, StorageError, StorageUnavailable
 from storage.local import LocalStore
 from storage.s3 import S3Options, S3Store, s3_client
-from storage.urls import is_within, open_store, parse_url, read_url
+from storage.urls import exists_url, is_within, open_store, parse_url, read_url
 
 __all__ = [
     "AccessDenied",
@@ -20,6 +20,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "Store",
+    "exists_url",
     "is_within",
     "open_store",
     "parse_url",

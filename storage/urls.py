@@ -67,6 +67,14 @@ def read_url(url: str, s3: S3Options | None = None) -> bytes:
     return read_file(location.path)
 
 
+def exists_url(url: str, s3: S3Options | None = None) -> bool:
+    """Whether an object exists at an absolute URL: ``s3://bucket/key`` or a local file path."""
+    location = parse_url(url)
+    if location.scheme == "s3":
+        return bool(location.path) and S3Store(location.bucket, "", s3).exists(location.path)
+    return os.path.isfile(location.path)
+
+
 def is_within(url: str, roots: Sequence[str]) -> bool:
     """Return True if ``url`` lies inside one of ``roots`` (a root contains itself).
 

@@ -24,7 +24,7 @@ import storage
 from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
 from jobs import errors
 from jobs.broker import TASK_NAMES
-from jobs.db import get_engine
+from jobs.db import get_engine, session_scope
 from jobs.inputs import read_allowed_input
 from jobs.keys import output_key
 from jobs.lifecycle import JobKind, JobStatus
@@ -45,6 +45,7 @@ from jobs.state import (
 )
 from workers.images import decode_image, encode_png
 from workers.readahead import Fetch, Taken
+from workers.reuse import find_reusable, fingerprint, input_digest, model_identity
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class _Work:
     item: ClaimedItem
     request: Request | None = None
     error: tuple[str, str] | None = None
+    #: What the item's output is made from (workers.reuse), and an earlier output made from the same.
+    fingerprint: str | None = None
+    reused: str | None = None
 
 
 @dataclass
@@ -96,6 +100,9 @@ class _Pending:
 
     outputs: dict[int, Future[str] | str] = field(default_factory=dict)
     failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Outputs of earlier jobs the items take instead of running (`--skip-existing`).
+    reused: dict[int, str] = field(default_factory=dict)
+    fingerprints: dict[int, str] = field(default_factory=dict)
 
 
 #: Leases are renewed before a micro-batch once this share of `lease_seconds` has passed since they were set.
@@ -158,6 +165,9 @@ class ChunkRun:
         #: What this chunk took from the read-ahead of the chunk before, and whether it read ahead itself.
         self._taken: Taken[_Work] = Taken({})
         self._read_ahead_sent = False
+        #: `--skip-existing`: items take earlier outputs with their fingerprint (workers.reuse).
+        self.reuse_outputs = False
+        self._model = model_identity(self.settings, runtime.settings.backend)
         # Read once per chunk, not once per item (the roots' default looks up the working directory).
         self.input_roots = tuple(self.settings.allowed_input_roots)
         self.s3 = self.settings.s3_options()
@@ -242,6 +252,7 @@ class ChunkRun:
                 )
                 return []
             self.job_params, self.output_url = dict(job.params), job.output_url
+            self.reuse_outputs = bool(job.reuse_outputs)
             self._cancel_checked_at = time.monotonic()  # the flag was just read with the job
             self._leased_at = time.monotonic()
             items, leased = claim_items(
@@ -345,8 +356,12 @@ class ChunkRun:
             fetched = time.perf_counter()
             works = [work for group in fetches.pop(batch_start) for work in group.result()]
             ran = time.perf_counter()
-            pending = _Pending(failures={w.item.seq: w.error for w in works if w.error})
-            runnable = [w for w in works if w.request is not None]
+            pending = _Pending(
+                failures={w.item.seq: w.error for w in works if w.error},
+                reused={w.item.seq: w.reused for w in works if w.reused is not None},
+                fingerprints={w.item.seq: w.fingerprint for w in works if w.fingerprint is not None},
+            )
+            runnable = [w for w in works if w.request is not None and w.reused is None]
             if runnable:
                 self._run_batch(runnable, pending)
             self.outcome.bookkeeping_wait_s += fetched - waited
@@ -562,8 +577,23 @@ class ChunkRun:
 
     # -- inputs ------------------------------------------------------------------------------------------
     def _prepare_group(self, items: Sequence[ClaimedItem]) -> list[_Work]:
-        """Prepare a few items in turn on one I/O thread: one task and one future per group, not per item."""
-        return [self._prepare(item) for item in items]
+        """Prepare a few items in turn on one I/O thread: one task and one future per group, not per item;
+        with `--skip-existing`, find earlier outputs made from the same (one query per group)."""
+        works = [self._prepare(item) for item in items]
+        prints = {work.fingerprint for work in works if work.fingerprint is not None and work.error is None}
+        if self.reuse_outputs and prints:
+            with session_scope(self.db) as session:
+                found = find_reusable(
+                    session,
+                    job_id=self.job_id,
+                    fingerprints=prints,
+                    images=self.kind is not JobKind.CAPTION,
+                    s3=self.s3,
+                )
+            for work in works:
+                if work.fingerprint in found:
+                    work.reused = found[work.fingerprint]
+        return works
 
     def _prepare(self, item: ClaimedItem) -> _Work:
         """Fetch, decode and build the request of one item (runs on an I/O thread).
@@ -573,8 +603,18 @@ class ChunkRun:
         handed back and retried.
         """
         try:
-            image = self._load_image(item.source) if self.kind is not JobKind.GENERATE else None
-            return _Work(item, request=self.rt.backend.prepare(self._request(item, image)))
+            image, digest = (
+                self._load_image(item.source) if self.kind is not JobKind.GENERATE else (None, None)
+            )
+            request = self._request(item, image)
+            made_of = fingerprint(
+                kind=self.kind.value,
+                request=request,
+                input_digest=digest,
+                model=self._model,
+                output_url=self.output_url,
+            )
+            return _Work(item, request=self.rt.backend.prepare(request), fingerprint=made_of)
         except errors.Transient:
             raise
         except errors.BadInput as exc:
@@ -598,7 +638,8 @@ class ChunkRun:
             detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
             return _Work(item, error=(errors.INTERNAL_ERROR, detail))
 
-    def _load_image(self, url: str) -> Image.Image:
+    def _load_image(self, url: str) -> tuple[Image.Image, str]:
+        """The decoded input and a digest of its bytes (workers.reuse)."""
         # jobs.inputs reads plain objects and WebDataset tar members (`shard.tar#member@offset+size`).
         try:
             data = read_allowed_input(url, self.input_roots, self.s3, self.settings.max_image_bytes)
@@ -608,9 +649,10 @@ class ChunkRun:
             raise errors.StorageUnavailable(str(exc)) from exc
         except storage.StorageError as exc:
             raise errors.InputMissing(f"{url} cannot be read: {exc}") from None
-        return decode_image(
+        image = decode_image(
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
+        return image, input_digest(data)
 
     def _params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """The chunk's parameters with an item's overrides on top."""
@@ -724,10 +766,16 @@ class ChunkRun:
             except storage.StorageError as exc:  # refused for good (access, bucket): that item fails
                 pending.failures[seq] = (exc.error_code, f"writing the output failed: {exc}")
         started = time.perf_counter()
+        prints = pending.fingerprints
         with self._bookkeeping() as session:
-            self.outcome.succeeded += record_successes(session, job_id=self.job_id, outputs=outputs)
+            self.outcome.succeeded += record_successes(
+                session, job_id=self.job_id, outputs=outputs, fingerprints=prints
+            )
+            self.outcome.succeeded += record_successes(
+                session, job_id=self.job_id, outputs=pending.reused, fingerprints=prints, reused=True
+            )
             self.outcome.failed += record_failures(session, job_id=self.job_id, failures=pending.failures)
-        self.open -= set(outputs) | set(pending.failures)
+        self.open -= set(outputs) | set(pending.reused) | set(pending.failures)
         if self.progress is not None:
             self.progress(self.outcome.succeeded + self.outcome.failed, self.outcome.claimed)
         log.debug(

@@ -82,10 +82,11 @@ class EmbeddedRunner:
         params: dict[str, object] | None = None,
         on_progress: Callable[[JobReport], None] | None = None,
         poll_s: float = 0.2,
+        skip_existing: bool = False,
     ) -> JobReport:
         """Load the model, submit `source`, process every chunk and return the final report."""
         self.runtime.load()
-        job_id = self.client.submit(kind, source, params=dict(params or {}))
+        job_id = self.client.submit(kind, source, params=dict(params or {}), skip_existing=skip_existing)
         thread = threading.Thread(target=self._work, name="ovis-embedded-worker", daemon=True)
         thread.start()
         while thread.is_alive():

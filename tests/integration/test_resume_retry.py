@@ -96,14 +96,18 @@ def test_retry_failed_redoes_only_the_failed_items_and_skip_existing_keeps_outpu
         else:
             assert after[key]["status"] == "succeeded" and after[key]["output"]
 
-    # Two new photos: a new job keeps the twelve captions already made and computes two.
+    # Two new photos, and photo000.jpg replaced by another picture under the same name: a new job keeps the
+    # eleven captions made from the same bytes and computes three.
     write_photos(stack.home / "more", count=2, size=48)
     for index, path in enumerate(sorted((stack.home / "more").iterdir())):
         path.rename(stack.home / "photos" / f"new{index}.jpg")
+    (stack.home / "photos" / "photo000.jpg").write_bytes(good[photos[1]])
     again = _submit(stack, "--input", str(stack.home / "photos"), "--skip-existing")
     wait_for(lambda: _job(stack, again)["status"] == "succeeded", 60, "the second job did not finish")
     report = _job(stack, again)
-    assert (report["total"], report["skipped"], report["succeeded"]) == (14, 12, 14)
+    assert (report["total"], report["skipped"], report["succeeded"]) == (14, 11, 14)
     second = {item["key"]: item for item in _items(stack, again)}
-    assert sum(item["attempts"] for item in second.values()) == 2
-    assert all(second[key]["output"] == after[key]["output"] for key in after)
+    assert all(second[key]["output"] == after[key]["output"] for key in after if key != "photo000.jpg")
+    # The replaced photo got the caption of its new picture, not the one kept for its name.
+    assert second["photo000.jpg"]["output"] == after["photo001.jpg"]["output"]
+    assert second["photo000.jpg"]["output"] != after["photo000.jpg"]["output"]

@@ -1,5 +1,5 @@
-"""Submission at scale on PostgreSQL and Redis: COPY in batches, chunks published while the source streams,
-status from the job row, a full export, and --skip-existing on the COPY path."""
+"""Submission at scale on PostgreSQL and Redis: COPY in batches while the source streams, chunks published
+once it is all in, status from the job row, and a full export."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jobs.dispatch import CeleryDispatcher
 from jobs.errors import InvalidSource
 from jobs.lifecycle import JobKind
 from jobs.settings import Settings
-from jobs.submit import FIRST_BATCH, INSERT_BATCH, WRITERS, ItemSpec, batch_sizes
+from jobs.submit import INSERT_BATCH, ItemSpec
 
 pytestmark = pytest.mark.integration
 
@@ -94,52 +94,21 @@ class _Watching:
             yield ItemSpec(key=f"p{index}", text=f"prompt {index}")
 
 
-def test_chunks_go_out_while_the_source_is_still_read_and_skipped_items_are_copied_as_done(
+def test_chunks_go_out_once_the_whole_source_is_in_and_cover_every_item(
     tmp_path: Path, pg_database: str
 ) -> None:
     upgrade(pg_database)
     settings = _settings(tmp_path, pg_database, "memory://", "q")
     watching = _Watching()
     client = Client(settings, watching)
-    first = client.submit_items(JobKind.GENERATE, watching.items(COUNT))
-    # A batch's chunks go out once it commits, while later batches are still being read: when the last item
-    # is read, at most WRITERS batches before its own are still being written.
-    sizes, total = [], 0
-    for size in batch_sizes(FIRST_BATCH // 64 * 64, INSERT_BATCH // 64 * 64):
-        if total >= COUNT:
-            break
-        sizes.append(size)
-        total += size
-    assert watching.sent_while_reading >= sum(sizes[: -1 - WRITERS]) // 64 > 0
-    assert sorted(watching.chunks)[-1][1] == COUNT
-
-    # Pretend the first job finished half of its items; a new job with --skip-existing keeps those.
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(pg_database)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE items SET status = 'succeeded', output = 'out-' || key "
-                "WHERE job_id = :j AND seq % 2 = 0"
-            ),
-            {"j": first},
-        )
-        conn.execute(text("UPDATE jobs SET n_succeeded = :n WHERE id = :j"), {"n": COUNT // 2, "j": first})
-    engine.dispose()
-    again = _Watching()
-    second = Client(settings, again).submit_items(JobKind.GENERATE, again.items(COUNT), skip_existing=True)
-    report = client.status(second)
-    assert (report.total, report.skipped, report.succeeded, report.queued) == (
-        COUNT,
-        COUNT // 2,
-        COUNT // 2,
-        COUNT // 2,
-    )
-    assert sum(stop - start for start, stop in again.chunks) <= COUNT  # ranges may span the skipped items
-    rows = {row["id"]: row for row in client_rows(client, second, tmp_path)}
-    assert rows["p0"]["output"] == "out-p0" and rows["p0"]["status"] == "succeeded"
-    assert rows["p1"]["status"] == "queued"
+    job_id = client.submit_items(JobKind.GENERATE, watching.items(COUNT))
+    # Several batches were written on the COPY path (INSERT_BATCH items each) before any chunk went out.
+    assert COUNT > 2 * INSERT_BATCH and watching.sent_while_reading == 0
+    ranges = sorted(watching.chunks)
+    assert [seq for start, stop in ranges for seq in range(start, stop)] == list(range(COUNT))
+    assert all(stop - start <= 64 for start, stop in ranges)
+    rows = client_rows(client, job_id, tmp_path)
+    assert [row["id"] for row in rows] == [f"p{index}" for index in range(COUNT)]
 
 
 def client_rows(client: Client, job_id: str, tmp_path: Path) -> list[dict[str, object]]:

@@ -1,5 +1,5 @@
-"""Streaming submission on SQLite: batches inserted as read, chunks sent once the source is checked, a bad item
-discards the job, --skip-existing."""
+"""Streaming submission on SQLite: batches inserted as read, chunks sent once the source is checked, a bad
+item discards the job."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jobs.errors import InputNotAllowed, InvalidSource
 from jobs.lifecycle import JobKind
 from jobs.models import Item, Job
 from jobs.submit import ItemSpec, chunk_ranges
-from tests.helpers import embedded_settings, write_photos
+from tests.helpers import embedded_settings
 from workers.chunk import run_chunk
 from workers.embedded import EmbeddedRunner
 
@@ -118,48 +118,6 @@ def test_a_bad_item_anywhere_discards_the_job(tmp_path: Path, monkeypatch: pytes
     with session_scope(settings.resolved_database_url) as session:
         assert session.scalar(select(Job.id)) is None
         assert session.scalar(select(Item.key)) is None
-
-
-def test_skip_existing_keeps_outputs_of_earlier_jobs(tmp_path: Path) -> None:
-    from workers.embedded import EmbeddedRunner
-
-    settings = embedded_settings(tmp_path, chunk_size=2)
-    write_photos(tmp_path / "in", count=3)
-    first = EmbeddedRunner(settings).run(JobKind.CAPTION, str(tmp_path / "in"))
-    assert first.succeeded == 3
-    write_photos(tmp_path / "in", count=5)  # two new photos beside the three captioned ones
-
-    dispatcher = RecordingDispatcher()
-    client = Client(settings, dispatcher)
-    job_id = client.submit(JobKind.CAPTION, str(tmp_path / "in"), skip_existing=True)
-    report = client.status(job_id)
-    assert (report.total, report.skipped, report.succeeded, report.queued) == (5, 3, 3, 2)
-    assert sorted((start, stop) for _, start, stop in dispatcher.chunks) == [(3, 5)]
-    with session_scope(settings.resolved_database_url) as session:
-        earlier = dict(session.execute(select(Item.key, Item.output).where(Item.job_id == first.id)).all())
-        kept = dict(
-            session.execute(
-                select(Item.key, Item.output).where(Item.job_id == job_id, Item.status == "succeeded")
-            ).all()
-        )
-    assert kept == earlier
-
-    again = client.submit(JobKind.CAPTION, str(tmp_path / "in"))
-    assert (client.status(again).skipped, client.status(again).queued) == (0, 5)
-
-
-def test_a_job_whose_every_output_exists_ends_at_once(tmp_path: Path) -> None:
-    from workers.embedded import EmbeddedRunner
-
-    settings = embedded_settings(tmp_path)
-    write_photos(tmp_path / "in", count=2)
-    EmbeddedRunner(settings).run(JobKind.CAPTION, str(tmp_path / "in"))
-    dispatcher = RecordingDispatcher()
-    client = Client(settings, dispatcher)
-    job_id = client.submit(JobKind.CAPTION, str(tmp_path / "in"), skip_existing=True)
-    report = client.status(job_id)
-    assert (report.status, report.skipped, dispatcher.chunks) == ("succeeded", 2, [])
-    assert report.export_url and Path(report.export_url).exists()
 
 
 def test_items_given_directly_and_chunk_ranges(tmp_path: Path) -> None:

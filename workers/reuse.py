@@ -1,0 +1,84 @@
+"""Reusing earlier outputs (`--skip-existing`) only where they are the output this item would get.
+
+Every recorded success carries a fingerprint of everything its output depends on: the job kind, the
+input's bytes (a digest of what the worker read), the request as the model got it (prompt or instruction
+actually used, every parameter, the seed), the backend and model (path and revision), ovis-batch's version
+and the output location. An item of a job that reuses outputs takes an earlier item's output only when the
+fingerprints are equal, and, for images, only when that output is still in storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Collection
+from importlib import metadata
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from jobs.settings import Settings
+from jobs.state import reusable_outputs
+from storage import S3Options, StorageError, exists_url
+
+#: The request fields that are not parameters (the input is fingerprinted by its bytes).
+_NOT_PARAMETERS = frozenset({"image", "prepared"})
+
+
+def input_digest(data: bytes) -> str:
+    """A digest of an input's bytes."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ovis-batch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def model_identity(settings: Settings, backend_name: str) -> str:
+    """What names the model a worker runs: backend, weights path or hub id, revision, ovis-batch version."""
+    revision = settings.model_revision or ""
+    return f"{backend_name}|{settings.model_path}@{revision}|ovis-batch {_version()}"
+
+
+def fingerprint(*, kind: str, request: Any, input_digest: str | None, model: str, output_url: str) -> str:
+    """The fingerprint of one item's output (see the module's docstring)."""
+    parameters = {
+        field.name: getattr(request, field.name)
+        for field in dataclasses.fields(request)
+        if field.name not in _NOT_PARAMETERS
+    }
+    described = {
+        "kind": kind,
+        "input": input_digest,
+        "request": parameters,
+        "model": model,
+        "output": output_url,
+    }
+    text = json.dumps(described, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def find_reusable(
+    session: Session,
+    *,
+    job_id: str,
+    fingerprints: Collection[str],
+    images: bool,
+    s3: S3Options | None,
+) -> dict[str, str]:
+    """Outputs of other jobs' succeeded items per fingerprint; image outputs only if still in storage."""
+    found = reusable_outputs(session, job_id=job_id, fingerprints=fingerprints)
+    if not images:
+        return found
+    kept = {}
+    for print_, url in found.items():
+        try:
+            if exists_url(url, s3):
+                kept[print_] = url
+        except StorageError:
+            continue  # cannot tell: compute it again rather than point at what may be gone
+    return kept

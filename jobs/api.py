@@ -12,9 +12,10 @@ from sqlalchemy import and_, func, literal, select, true
 from jobs.db import ensure_schema, session_scope
 from jobs.dispatch import PUBLISH_BATCH, CeleryDispatcher, Dispatcher, send_chunks
 from jobs.errors import JobNotFound
-from jobs.export import ExportOptions, export_job, write_results
+from jobs.export import ExportOptions, export_job
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
+from jobs.results import deliver_results
 from jobs.settings import Settings
 from jobs.sources import Columns, iter_source
 from jobs.state import cancel_items, finalize_job, now, reopen_job, transition
@@ -217,7 +218,7 @@ class Client:
                 cancel_items(session, job_id=job_id)
                 finished = finalize_job(session, job_id=job_id)
         if finished is not None:  # nothing was running: no worker will write the results
-            write_results(self.settings, job_id)
+            deliver_results(self.settings, job_id)
         return self.status(job_id)
 
     def export(

@@ -31,6 +31,7 @@ from jobs.lifecycle import JobKind, JobStatus
 from jobs.models import Item, Job
 from jobs.outputs import output_location
 from jobs.params import check_chars, validate_params, validate_text
+from jobs.results import deliver_results
 from jobs.settings import Settings
 from jobs.state import finalize_job
 
@@ -291,13 +292,10 @@ def _discard(url: str, job_id: str) -> None:
 
 
 def _end_submission(settings: Settings, job_id: str) -> None:
-    """Mark the job's item list complete. If no item is left to run (every one skipped, or the workers ended
-    them all while the source was still read), no worker will finalize the job: it is finalized and exported
-    here."""
-    from jobs.export import write_results
-
+    """Mark the job's item list complete. If no item is left to run (the workers ended them all between the
+    chunks' publishing and this), no worker will finalize the job: it is finalized and exported here."""
     with session_scope(settings.resolved_database_url) as session:
         session.execute(update(Job).where(Job.id == job_id).values(submitting=False))
         status = finalize_job(session, job_id=job_id)
     if status is not None:
-        write_results(settings, job_id)
+        deliver_results(settings, job_id)

@@ -86,3 +86,37 @@ def test_worker_without_ovis_u1_weights_fails_at_start_with_the_fix(tmp_path: Pa
     assert "Ovis-U1" in message and str(tmp_path / "models" / "Ovis-U1-3B") in message
     assert "does not exist" in message
     assert "huggingface-cli download AIDC-AI/Ovis-U1-3B" in message
+
+
+def test_run_without_ovis_u1_weights_fails_with_the_fix_not_a_traceback(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    result = _cli(
+        tmp_path,
+        "run",
+        "generate",
+        "--input",
+        str(prompts),
+        check=False,
+        OVIS_BATCH_BACKEND="ovis-u1",
+        OVIS_BATCH_MODEL_PATH=str(tmp_path / "models" / "Ovis-U1-3B"),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+    assert "huggingface-cli download AIDC-AI/Ovis-U1-3B" in " ".join(result.stderr.split())
+
+
+def test_bad_input_to_submit_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "prompt": "a cat"}\n{"id": "b\\u0000", "prompt": "a dog"}\n')
+    result = _cli(tmp_path, "run", "generate", "--input", str(manifest), check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "line 2" in result.stderr and "NUL" in result.stderr
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    result = _cli(tmp_path, "run", "generate", "--input", str(prompts), "--output", "ftp://h/x", check=False)
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("error: --output")
+        and "Traceback" not in result.stderr
+    )

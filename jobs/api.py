@@ -45,7 +45,7 @@ class JobReport:
     output_url: str
     export_url: str | None
     source: str
-    #: Items whose output already existed (`--skip-existing`), counted in `succeeded` too.
+    #: Items given an earlier job's identical output (`--skip-existing`), counted in `succeeded` too.
     skipped: int = 0
     #: The submission is still reading the source: `total` grows and the job cannot end yet.
     submitting: bool = False

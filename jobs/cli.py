@@ -160,8 +160,8 @@ def _submit(
         )
     )
     report = client.status(job_id)
-    skipped = f" ({report.skipped} kept from earlier jobs)" if report.skipped else ""
-    console.print(f"submitted {kind.value} job [bold]{job_id}[/bold] with {report.total} items{skipped}")
+    # Outputs reused with --skip-existing are found by the workers, and counted as skipped in `status`.
+    console.print(f"submitted {kind.value} job [bold]{job_id}[/bold] with {report.total} items")
     print(job_id)
 
 

@@ -70,8 +70,8 @@ class Job(Base):
     n_succeeded: Mapped[int] = mapped_column(Integer, default=0)
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
     n_cancelled: Mapped[int] = mapped_column(Integer, default=0)
-    #: Items not computed because an output for their id already existed (`--skip-existing`); they are
-    #: counted in `n_succeeded` too. Rates and ETAs leave them out.
+    #: Items not computed because an earlier job's output made from the same was reused (`--skip-existing`,
+    #: see workers/reuse.py); they are counted in `n_succeeded` too. Rates and ETAs leave them out.
     n_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     #: True while the submission still inserts items: workers can end every item inserted so far before the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,17 +84,19 @@ def validate_params(kind: JobKind, values: dict[str, Any], *, where: str = "job 
         raise InvalidParameters(_explain(exc, where)) from None
 
 
+#: What no store keeps as written: NUL (PostgreSQL refuses it) and lone UTF-16 surrogates (no UTF-8 form).
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
 def check_chars(value: str, what: str) -> str:
-    """Refuse text no store keeps as written: NUL (PostgreSQL refuses it) and lone UTF-16 surrogates (no
-    UTF-8 form)."""
-    if "\x00" in value:
-        raise InvalidParameters(f"{what} holds a NUL character at position {value.index(chr(0))}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidParameters(
-            f"{what} holds a lone surrogate {value[exc.start]!r} at position {exc.start} (not valid Unicode)"
-        ) from None
+    """Refuse a NUL or a lone surrogate in `value`, naming `what` holds it and where."""
+    if match := _BAD_CHARACTER.search(value):
+        found = (
+            "a NUL character"
+            if match.group() == "\x00"
+            else "a lone surrogate (a JSON escape \\ud800-\\udfff without its pair)"
+        )
+        raise InvalidParameters(f"{what} holds {found} at character {match.start() + 1}; remove it")
     return value
 
 

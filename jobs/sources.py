@@ -13,14 +13,14 @@ import json
 import logging
 import os
 import posixpath
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from jobs.errors import InvalidSource
+from jobs.errors import InvalidParameters, InvalidSource
 from jobs.lifecycle import JobKind
 from jobs.objects import iter_lines, open_seekable
+from jobs.params import check_chars
 from jobs.submit import ITEM_PARAMS, ItemSpec
 from jobs.webdataset import is_shard_source, iter_shard, iter_shard_urls
 from storage import S3Options, open_store, parse_url
@@ -278,19 +278,16 @@ def _id_text(value: Any, name: str) -> str:
 #: Characters no id, image reference or text may hold: PostgreSQL cannot store NUL, and a lone surrogate
 #: (a JSON escape such as "\ud800" without its pair) cannot be written as UTF-8 anywhere. Other control
 #: characters are kept as written: output names percent-encode them (jobs.keys) and every export escapes them.
-_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 
 
 def _check_text(value: str, name: str) -> None:
-    """Refuse a NUL or a lone surrogate in an id, image reference or text, naming the field and where."""
+    """Refuse a NUL or a lone surrogate in an id, image reference or text, naming the field (the caller adds
+    the file and line)."""
     # Callers test `"\x00" in value or not value.isascii()` inline first: most values are neither.
-    if match := _BAD_CHARACTER.search(value):
-        what = (
-            "a NUL character"
-            if match.group() == "\x00"
-            else "a lone surrogate (a JSON escape \\ud800-\\udfff without its pair)"
-        )
-        raise InvalidSource(f"field {name!r} holds {what} at character {match.start() + 1}; remove it")
+    try:
+        check_chars(value, f"field {name!r}")
+    except InvalidParameters as exc:
+        raise InvalidSource(str(exc)) from None
 
 
 def iter_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -167,7 +167,7 @@ class ChunkRun:
         self._read_ahead_sent = False
         #: `--skip-existing`: items take earlier outputs with their fingerprint (workers.reuse).
         self.reuse_outputs = False
-        self._model = model_identity(self.settings, runtime.settings.backend)
+        self._model = model_identity(self.settings)
         # Read once per chunk, not once per item (the roots' default looks up the working directory).
         self.input_roots = tuple(self.settings.allowed_input_roots)
         self.s3 = self.settings.s3_options()
@@ -580,7 +580,7 @@ class ChunkRun:
         """Prepare a few items in turn on one I/O thread: one task and one future per group, not per item;
         with `--skip-existing`, find earlier outputs made from the same (one query per group)."""
         works = [self._prepare(item) for item in items]
-        prints = {work.fingerprint for work in works if work.fingerprint is not None and work.error is None}
+        prints = {work.fingerprint for work in works if work.fingerprint is not None}
         if self.reuse_outputs and prints:
             with session_scope(self.db) as session:
                 found = find_reusable(

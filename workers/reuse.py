@@ -10,6 +10,7 @@ fingerprints are equal, and, for images, only when that output is still in stora
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Collection
@@ -31,6 +32,7 @@ def input_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+@functools.cache
 def _version() -> str:
     try:
         return metadata.version("ovis-batch")
@@ -38,10 +40,9 @@ def _version() -> str:
         return "unknown"
 
 
-def model_identity(settings: Settings, backend_name: str) -> str:
+def model_identity(settings: Settings) -> str:
     """What names the model a worker runs: backend, weights path or hub id, revision, ovis-batch version."""
-    revision = settings.model_revision or ""
-    return f"{backend_name}|{settings.model_path}@{revision}|ovis-batch {_version()}"
+    return f"{settings.backend}|{settings.model_path}@{settings.model_revision or ''}|ovis-batch {_version()}"
 
 
 def fingerprint(*, kind: str, request: Any, input_digest: str | None, model: str, output_url: str) -> str:

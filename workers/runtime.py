@@ -23,6 +23,7 @@ from jobs.settings import Settings, get_settings
 from jobs.state import ClaimedItem, release_items
 from storage import Store, open_store
 from workers.handback import HandBack, PendingHandBacks
+from workers.health import Liveness
 from workers.readahead import ReadAhead
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class WorkerRuntime:
         self.read_ahead: ReadAhead[Any] = ReadAhead(self.give_back)
         #: Hand-backs the database refused, made as soon as it answers (see workers/handback.py).
         self.pending_hand_backs = PendingHandBacks(self._hand_back_kept)
+        #: Beats of the chunk loop, for the health command and the stall watchdog (see workers/health.py).
+        self.liveness = Liveness()
 
     def follow(self, stop: StopSignal) -> None:
         """Set `stopping` once `stop` is set: a prefork child learns of its parent's warm shutdown this way,

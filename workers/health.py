@@ -1,0 +1,69 @@
+"""Liveness of a worker process: "making progress", not "answering".
+
+The chunk loop beats whenever a step of a micro-batch ends (inputs ready, model call returned, results
+recorded). A worker that runs a chunk and has not beaten for `stall_timeout_s` is stalled: its model calls
+stop progressing. An idle worker is live as long as its consumer loop answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Running:
+    """The chunk a worker runs: which job and range, and since when (monotonic clock)."""
+
+    kind: str
+    job_id: str
+    start: int
+    stop: int
+    since: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the worker is doing now, for the health command and the watchdog."""
+
+    running: Running | None
+    #: Seconds since the last beat while a chunk runs (0 when idle).
+    quiet_s: float
+    #: Chunks this process finished, and the time of the last beat (monotonic).
+    chunks_done: int
+
+
+class Liveness:
+    """Beats of the chunk loop; read by the watchdog and answered to `ovis-batch ping`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: Running | None = None
+        self._beat = time.monotonic()
+        self._chunks_done = 0
+
+    def chunk_started(self, kind: str, job_id: str, start: int, stop: int) -> None:
+        """A chunk starts: beats are expected from now on."""
+        now = time.monotonic()
+        with self._lock:
+            self._running = Running(kind, job_id, start, stop, now)
+            self._beat = now
+
+    def beat(self) -> None:
+        """The chunk loop made progress."""
+        self._beat = time.monotonic()
+
+    def chunk_ended(self) -> None:
+        """The chunk ended (done, handed back or failed): the worker is idle."""
+        with self._lock:
+            self._running = None
+            self._chunks_done += 1
+            self._beat = time.monotonic()
+
+    def snapshot(self) -> Snapshot:
+        """The current state."""
+        with self._lock:
+            running, beat, done = self._running, self._beat, self._chunks_done
+        quiet = time.monotonic() - beat if running is not None else 0.0
+        return Snapshot(running, quiet, done)

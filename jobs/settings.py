@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -74,9 +74,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     #: Threads fetching and decoding inputs ahead of the model, and encoding/uploading behind it.
     io_threads: int = Field(default=8, ge=1, le=256)
-    #: While a chunk ends, fetch and decode the first micro-batch of the job's next items (without claiming
-    #: them), so that the next chunk's model does not start idle; at most one micro-batch is held.
+    #: While a chunk ends, claim the job's next items (at most the next chunk's first micro-batch) for this
+    #: worker and fetch and decode them, so that the next chunk's model does not start idle.
     read_ahead: bool = True
+    #: A worker running a chunk whose model calls, input waits and records have made no progress for this
+    #: many seconds is stalled: it says so in the log and in `ovis-batch ping`, hands its items back and
+    #: exits, so that its supervisor starts it again. Above the longest single micro-batch.
+    stall_timeout_s: float = Field(default=900.0, ge=1.0)
+    #: Log lines as `text` (key=value fields after the message) or `json` (one object per line).
+    log_format: Literal["text", "json"] = "text"
     #: Processes of a CPU worker (prefork); GPU workers always run one process per GPU.
     concurrency: int = Field(default=1, ge=1, le=256)
     #: Each process of a prefork worker runs on its own share of the cores (see workers/affinity.py).

@@ -82,7 +82,6 @@ class CeleryDispatcher:
             args=[job_id, start, stop],
             queue=queue_for(self.settings, kind),
             priority=broker_priority(self.settings, priority),
-            shadow=f"{TASK_NAMES[kind]}[{job_id[:8]} {start}-{stop}]",
             producer=producer,
             declare=declare,
         )

@@ -13,6 +13,7 @@ from PIL import Image
 from jobs.broker import make_celery
 from jobs.db import dispose_engines, ensure_schema, get_engine
 from jobs.settings import get_settings
+from workers import watchdog as _health_command  # noqa: F401 - registers the command every worker answers
 from workers.affinity import pin_pool_process
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,16 @@ def _load_model() -> None:
     settings = get_settings()
     if settings.embedded:
         ensure_schema(settings.resolved_database_url)
+    from workers.watchdog import start_watchdog
+
     try:
-        WorkerRuntime.current().load()
+        runtime = WorkerRuntime.current()
+        runtime.load()
     except BackendLoadError as exc:
         # Celery logs and swallows exceptions of signal handlers: a worker without its model must not start.
         log.critical("%s", exc)
         raise SystemExit(3) from exc
+    start_watchdog(runtime, settings.stall_timeout_s)
 
 
 @signals.worker_init.connect
@@ -47,9 +52,9 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     # every child on its first chunk.
     get_engine(get_settings().resolved_database_url)
     Image.preinit()
-    # solo and threads pools run tasks in this process: load before the consumer starts. Only the children of
-    # a prefork pool get a share of the cores; a solo pool (every GPU worker) keeps them all for its threads,
-    # whatever `concurrency` Celery reports for it (the number of cores).
+    # threads (every GPU worker) and solo pools run tasks in this process: load before the consumer starts.
+    # Only the children of a prefork pool get a share of the cores; an in-process pool keeps them all for its
+    # I/O threads.
     pool = str(getattr(sender, "pool_cls", "")).lower()
     in_process = "solo" in pool or "thread" in pool
     concurrency = getattr(sender, "concurrency", 0)
@@ -76,7 +81,7 @@ def _load_in_child(**_: Any) -> None:
 @signals.worker_shutting_down.connect
 def _stop_chunks(**_: Any) -> None:
     # Warm shutdown (SIGTERM): running chunks hand their unfinished items back at the next micro-batch instead
-    # of holding the shutdown for the rest of the chunk. A solo pool runs them in this process; a prefork
+    # of holding the shutdown for the rest of the chunk. A threads pool runs them in this process; a prefork
     # pool in children that Celery never signals on a warm shutdown (it waits for their tasks): they watch
     # the event this process sets.
     from workers.runtime import WorkerRuntime

@@ -67,3 +67,51 @@ class Liveness:
             running, beat, done = self._running, self._beat, self._chunks_done
         quiet = time.monotonic() - beat if running is not None else 0.0
         return Snapshot(running, quiet, done)
+
+
+@dataclass(frozen=True)
+class Health:
+    """A worker's answer to the health command: `ok` is False for a stalled worker."""
+
+    ok: bool
+    #: "idle", "busy" or "stalled".
+    state: str
+    detail: str
+    running: Running | None = None
+    quiet_s: float = 0.0
+
+    def as_reply(self) -> dict[str, object]:
+        """The JSON-able reply sent through the broker."""
+        reply: dict[str, object] = {
+            "ok": self.ok,
+            "state": self.state,
+            "detail": self.detail,
+            "quiet_s": round(self.quiet_s, 1),
+        }
+        if self.running is not None:
+            reply.update(
+                kind=self.running.kind,
+                job_id=self.running.job_id,
+                start=self.running.start,
+                stop=self.running.stop,
+            )
+        return reply
+
+
+def assess(snapshot: Snapshot, stall_timeout_s: float) -> Health:
+    """Whether a worker in `snapshot` is live: idle, or busy and beating within `stall_timeout_s`."""
+    running = snapshot.running
+    if running is None:
+        return Health(True, "idle", f"idle, {snapshot.chunks_done} chunks done")
+    where = f"job {running.job_id} items {running.start}-{running.stop}"
+    if snapshot.quiet_s > stall_timeout_s:
+        return Health(
+            False,
+            "stalled",
+            f"stalled: no progress for {snapshot.quiet_s:.0f}s on {where} (limit {stall_timeout_s:.0f}s)",
+            running,
+            snapshot.quiet_s,
+        )
+    return Health(
+        True, "busy", f"busy on {where}, last progress {snapshot.quiet_s:.1f}s ago", running, snapshot.quiet_s
+    )

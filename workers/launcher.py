@@ -1,8 +1,9 @@
 """`ovis-batch worker`: one Celery worker process per GPU, each pinned with CUDA_VISIBLE_DEVICES.
 
 The launcher itself never imports torch or touches CUDA: it counts GPUs with `nvidia-smi`, starts one child
-per GPU (solo pool: the model lives in the process that runs the tasks), forwards SIGTERM / SIGINT for a
-graceful stop, restarts a child that dies, and exits once every child has ended after a stop.
+per GPU (the model lives in the process that runs the tasks, on one pool thread), forwards SIGTERM / SIGINT
+for a graceful stop, restarts a child that dies (or that ended itself because its chunk stalled), and exits
+once every child has ended after a stop.
 """
 
 from __future__ import annotations
@@ -47,10 +48,15 @@ def node_name(gpu: str | None) -> str:
 
 
 def celery_argv(*, node: str, queues: Sequence[str], concurrency: int, loglevel: str) -> list[str]:
-    """Arguments for Celery's `worker` command. A solo pool is given its concurrency of 1 too: Celery's
-    default is the number of cores, which sets how many messages the worker reserves (prefetch) and so lets
-    one GPU worker hold chunks others could run, and a priority job wait behind them."""
-    pool = ["--pool=solo"] if concurrency <= 1 else ["--pool=prefork"]
+    """Arguments for Celery's `worker` command.
+
+    One process per GPU runs its chunks on one pool thread (`--pool=threads --concurrency=1`): the model lives
+    in the process, one chunk runs at a time, and the consumer loop stays free to send heartbeats and task
+    events and to answer `ping` while a chunk runs (a solo pool blocks it for the whole chunk, and Flower then
+    shows a busy worker offline). The concurrency of 1 also keeps the worker from reserving messages other
+    workers could run. A CPU worker with several processes uses a prefork pool.
+    """
+    pool = ["--pool=threads"] if concurrency <= 1 else ["--pool=prefork"]
     pool.append(f"--concurrency={max(1, concurrency)}")
     return [
         "worker",

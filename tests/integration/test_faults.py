@@ -190,7 +190,7 @@ def _job_under_way(
 
 
 def _worker_name(worker: WorkerProcess) -> str:
-    # `ovis-batch worker --gpus none` runs the solo pool in its own process: that pid records the items.
+    # `ovis-batch worker --gpus none` runs its pool thread in its own process: that pid records the items.
     return f"{socket.gethostname()}:{worker.process.pid}"
 
 

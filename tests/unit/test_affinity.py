@@ -31,9 +31,8 @@ def test_only_the_children_of_a_prefork_pool_are_given_a_share(monkeypatch: pyte
     monkeypatch.setattr(celery_app, "get_engine", lambda url: None)
     monkeypatch.setattr(celery_app, "dispose_engines", lambda: None)
     monkeypatch.setattr(celery_app, "pin_pool_process", lambda index, processes: shares.append(processes))
-    # Celery reports the number of cores as the concurrency of a solo pool (a GPU worker), which must keep
-    # every core for its I/O threads.
-    pools = (("celery.concurrency.solo:TaskPool", 32), ("celery.concurrency.prefork:TaskPool", 2))
+    # An in-process pool (a GPU worker's threads pool, or solo) keeps every core for its I/O threads.
+    pools = (("celery.concurrency.thread:TaskPool", 32), ("celery.concurrency.prefork:TaskPool", 2))
     for pool, concurrency in pools:
         celery_app._init_worker(sender=SimpleNamespace(pool_cls=pool, concurrency=concurrency))
         celery_app._load_in_child()

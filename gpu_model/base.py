@@ -28,6 +28,9 @@ class BackendOptions:
     simulated_ms_per_batch: float = 0.0
     #: Torch-free backend only, fault injection for tests: a request whose text holds this kills the process.
     simulated_crash_marker: str = ""
+    #: Torch-free backend only, fault injection for tests: a request whose text holds this never returns, as a
+    #: model call stuck in a driver would.
+    simulated_hang_marker: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import time
 
 from PIL import Image
@@ -47,6 +48,9 @@ class FakeBackend(Backend):
         if marker and any(marker in text for text in texts):
             # Fault injection for tests: die the way a segfault or the OOM killer ends a worker, mid-batch.
             os.kill(os.getpid(), signal.SIGKILL)
+        hang = self.options.simulated_hang_marker
+        if hang and any(hang in text for text in texts):
+            threading.Event().wait()  # a call that never returns: only the worker's watchdog ends it
         seconds = (
             self.options.simulated_ms_per_batch + self.options.simulated_ms_per_item * len(texts)
         ) / 1000.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -30,8 +31,10 @@ class Snapshot:
     running: Running | None
     #: Seconds since the last beat while a chunk runs (0 when idle).
     quiet_s: float
-    #: Chunks this process finished, and the time of the last beat (monotonic).
+    #: Chunks this process finished.
     chunks_done: int
+    #: Items of the micro-batch in the model right now (those a stall is blamed on).
+    in_model: frozenset[int] = frozenset()
 
 
 class Liveness:
@@ -42,6 +45,7 @@ class Liveness:
         self._running: Running | None = None
         self._beat = time.monotonic()
         self._chunks_done = 0
+        self._in_model: frozenset[int] = frozenset()
 
     def chunk_started(self, kind: str, job_id: str, start: int, stop: int) -> None:
         """A chunk starts: beats are expected from now on."""
@@ -54,19 +58,32 @@ class Liveness:
         """The chunk loop made progress."""
         self._beat = time.monotonic()
 
+    def model_started(self, seqs: Collection[int]) -> None:
+        """A micro-batch of these items enters the model."""
+        with self._lock:
+            self._in_model = frozenset(seqs)
+            self._beat = time.monotonic()
+
+    def model_ended(self) -> None:
+        """The model call returned (or raised)."""
+        with self._lock:
+            self._in_model = frozenset()
+            self._beat = time.monotonic()
+
     def chunk_ended(self) -> None:
         """The chunk ended (done, handed back or failed): the worker is idle."""
         with self._lock:
             self._running = None
+            self._in_model = frozenset()
             self._chunks_done += 1
             self._beat = time.monotonic()
 
     def snapshot(self) -> Snapshot:
         """The current state."""
         with self._lock:
-            running, beat, done = self._running, self._beat, self._chunks_done
+            running, beat, done, in_model = self._running, self._beat, self._chunks_done, self._in_model
         quiet = time.monotonic() - beat if running is not None else 0.0
-        return Snapshot(running, quiet, done)
+        return Snapshot(running, quiet, done, in_model)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class WorkerRuntime:
                 simulated_ms_per_item=settings.fake_ms_per_item,
                 simulated_ms_per_batch=settings.fake_ms_per_batch,
                 simulated_crash_marker=settings.fake_crash_marker,
+                simulated_hang_marker=settings.fake_hang_marker,
             ),
         )
         self._info: BackendInfo | None = None

@@ -106,12 +106,13 @@ class Watchdog:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            health = assess(self.runtime.liveness.snapshot(), self.stall_timeout_s)
+            snapshot = self.runtime.liveness.snapshot()
+            health = assess(snapshot, self.stall_timeout_s)
             if not health.ok and health.running is not None:
-                self.stalled(health)
+                self.stalled(health, snapshot.in_model)
                 return
 
-    def stalled(self, health: Health) -> None:
+    def stalled(self, health: Health, in_model: frozenset[int] = frozenset()) -> None:
         """Report the stall, hand the chunk's items back, and end the process."""
         running = health.running
         assert running is not None
@@ -124,7 +125,8 @@ class Watchdog:
         try:
             seqs, priority = _running_seqs(self.runtime, running)
             if seqs:
-                # The attempt stays counted: an input that hangs the model every time ends quarantined.
+                # Attempts stay counted: an input that hangs the model every time ends quarantined, and
+                # every item tried before runs alone next time.
                 self.runtime.hand_back(running.job_id, running.kind, priority, seqs, uncount=(), publish=seqs)
         except Exception:
             log.error("could not hand the stalled chunk's items back; their leases expire", exc_info=True)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     #: kills the worker process with SIGKILL when the model reaches it, as a segfault or the kernel's OOM
     #: killer would. Empty (the default) disables it.
     fake_crash_marker: str = ""
+    #: Torch-free backend only, a fault-injection hook for tests: a prompt or instruction containing this text
+    #: makes the model call never return. Empty (the default) disables it.
+    fake_hang_marker: str = ""
 
     #: Items per Celery task; a chunk should take minutes, never hours. A chunk also bounds the micro-batch,
     #: so fast work wants large chunks (GPU captioning at micro-batches of 256-512: 2048).

@@ -1,0 +1,111 @@
+"""Running a micro-batch on the model, on the thread that drives it, and uploading its image outputs.
+
+One bad item never fails its neighbours: a failing micro-batch runs each item alone to find the one that
+fails, and out-of-memory halves the micro-batch on the same worker until it fits or a single item does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Sequence
+
+from PIL import Image
+
+import storage
+from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
+from jobs import errors
+from jobs.keys import output_key
+from jobs.lifecycle import JobKind
+from workers.images import encode_png
+from workers.ledger import Results
+from workers.prepare import Prepared, Request
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+class MicroBatches:
+    """The model calls of one chunk, and the uploads of their image outputs to the job's output store."""
+
+    def __init__(self, runtime: WorkerRuntime, kind: JobKind, job_id: str, output_url: str) -> None:
+        self.rt = runtime
+        self.kind, self.job_id, self.output_url = kind, job_id, output_url
+
+    def run(self, prepared: Sequence[Prepared]) -> Results:
+        """Run the items that need the model; the results of all, image outputs still uploading."""
+        results = Results(
+            failures={p.item.seq: p.error for p in prepared if p.error},
+            reused={p.item.seq: p.reused for p in prepared if p.reused is not None},
+            fingerprints={p.item.seq: p.fingerprint for p in prepared if p.fingerprint is not None},
+        )
+        runnable = [p for p in prepared if p.request is not None and p.reused is None]
+        if runnable:
+            self._run(runnable, results)
+        return results
+
+    def _run(self, prepared: list[Prepared], results: Results) -> None:
+        try:
+            outputs = self._call([p.request for p in prepared if p.request is not None])
+        except BackendOutOfMemory as exc:
+            if len(prepared) == 1:
+                results.failures[prepared[0].item.seq] = (
+                    errors.OUT_OF_MEMORY,
+                    f"out of memory at batch 1: {exc}",
+                )
+                return
+            half = len(prepared) // 2
+            log.warning(
+                "out of memory at batch %d; retrying as %d + %d",
+                len(prepared),
+                half,
+                len(prepared) - half,
+                extra={"job_id": self.job_id},
+            )
+            self._run(prepared[:half], results)
+            self._run(prepared[half:], results)
+            return
+        except errors.Transient:
+            raise
+        except Exception as exc:
+            if len(prepared) > 1:  # find the item that fails by running each alone
+                for one in prepared:
+                    self._run([one], results)
+                return
+            item = prepared[0].item
+            log.error(
+                "item %s of job %s failed:\n%s",
+                item.key,
+                self.job_id,
+                traceback.format_exc(),
+                extra={"job_id": self.job_id, "item_id": item.key},
+            )
+            code = getattr(exc, "error_code", errors.INTERNAL_ERROR)
+            results.failures[item.seq] = (code, f"{exc.__class__.__name__}: {exc}")
+            return
+        for p, output in zip(prepared, outputs, strict=True):
+            if isinstance(output, str):
+                results.outputs[p.item.seq] = output
+            else:
+                key = output_key(self.job_id, p.item.key, "png")
+                results.outputs[p.item.seq] = self.rt.io_pool.submit(self._upload, key, output)
+
+    def _call(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
+        backend = self.rt.backend
+        outputs: Sequence[str | Image.Image]
+        if self.kind is JobKind.CAPTION:
+            outputs = backend.caption([r for r in requests if isinstance(r, CaptionRequest)])
+        elif self.kind is JobKind.GENERATE:
+            outputs = backend.generate([r for r in requests if isinstance(r, GenerateRequest)])
+        else:
+            outputs = backend.edit([r for r in requests if isinstance(r, EditRequest)])
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"backend returned {len(outputs)} results for {len(requests)} requests")
+        return outputs
+
+    def _upload(self, key: str, image: Image.Image) -> str:
+        """Runs on an I/O thread; a transient fault of the store hands the chunk back when it is recorded."""
+        try:
+            return self.rt.store(self.output_url).write(key, encode_png(image), "image/png")
+        except storage.StorageUnavailable as exc:
+            raise errors.StorageUnavailable(str(exc)) from exc

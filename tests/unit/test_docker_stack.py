@@ -24,13 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "compose.yaml"
 
 SERVICES = ("redis", "postgres", "s3", "s3-init", "migrate", "worker", "flower")
+#: Started only with `--profile monitoring`.
+MONITORING = ("metrics", "prometheus", "grafana")
 #: Long-running services whose health others wait on or an operator watches.
-HEALTH_CHECKED = ("redis", "postgres", "s3", "worker", "flower")
+HEALTH_CHECKED = ("redis", "postgres", "s3", "worker", "flower", *MONITORING)
 #: Variables of third-party images and tools that a service may set besides the project's settings.
 STANDARD_VARIABLES = frozenset(
     {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES", "REDISCLI_AUTH"}
 )
-STANDARD_PREFIXES = ("AWS_", "FLOWER_", "POSTGRES_", "MINIO_", "NVIDIA_", "HF_", "PIP_")
+STANDARD_PREFIXES = ("AWS_", "FLOWER_", "POSTGRES_", "MINIO_", "NVIDIA_", "HF_", "PIP_", "GF_")
 SETTINGS_VARIABLES = frozenset(f"OVIS_BATCH_{name.upper()}" for name in Settings.model_fields)
 
 
@@ -270,7 +272,7 @@ def test_every_image_is_pinned() -> None:
     assert not floating, f"images without a fixed tag or digest: {floating}"
 
 
-@pytest.mark.parametrize("name", ["s3-init", "migrate", "worker", "flower"])
+@pytest.mark.parametrize("name", ["s3-init", "migrate", "worker", "flower", "metrics"])
 def test_project_services_run_as_a_non_root_user(name: str) -> None:
     service = services()[name]
     build = build_of(service)
@@ -346,3 +348,106 @@ def test_project_services_reach_postgres_redis_and_s3(name: str) -> None:
 
 def test_flower_reaches_the_broker() -> None:
     assert environment(services()["flower"])["OVIS_BATCH_BROKER_URL"].startswith("redis://")
+
+
+# -- monitoring ----------------------------------------------------------------------------------------------
+PROMETHEUS_FILE = COMPOSE_FILE.parent / "prometheus.yml"
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> file or folder of this repository, for a service's bind mounts of relative paths."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = (COMPOSE_FILE.parent / source).resolve()
+    return mounts
+
+
+def scrape_targets() -> dict[str, tuple[str, int]]:
+    """Prometheus job name -> (host, port) of its one target."""
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    targets = {}
+    for job in config["scrape_configs"]:
+        [static] = job["static_configs"]
+        [target] = static["targets"]
+        host, port = target.rsplit(":", 1)
+        targets[job["job_name"]] = (host, int(port))
+    return targets
+
+
+def test_monitoring_is_optional() -> None:
+    all_services = services()
+    for name in MONITORING:
+        assert all_services[name].get("profiles") == ["monitoring"], f"{name} would start with every `up`"
+    for name in SERVICES:
+        assert "monitoring" not in all_services[name].get("profiles", []), (
+            f"{name} needs --profile monitoring"
+        )
+
+
+def test_published_ports_listen_on_localhost_only() -> None:
+    published = [
+        (name, str(port)) for name, service in services().items() for port in service.get("ports", [])
+    ]
+
+    assert published
+    exposed = [(name, port) for name, port in published if not port.startswith("127.0.0.1:")]
+    assert not exposed, f"ports open on every interface: {exposed}"
+
+
+def test_mounted_configuration_is_in_the_repository() -> None:
+    checked = 0
+    for name in MONITORING:
+        for target, source in bind_mounts(services()[name]).items():
+            checked += 1
+            assert source.exists(), f"{name} mounts {source} at {target}: it does not exist"
+    assert checked >= 3, "the parser found no bind mounts"
+
+
+def test_prometheus_scrapes_the_metrics_endpoint_and_flower() -> None:
+    targets = scrape_targets()
+    all_services = services()
+    metrics = all_services["metrics"]
+    program = "\n".join(command_words(metrics.get("command")))
+
+    assert set(targets) == {"ovis-batch", "flower"}
+    host, port = targets["ovis-batch"]
+    assert host == "metrics"
+    # The endpoint listens on every interface of its container, on the port scraped and health-checked.
+    assert f'serve_forever(settings, {port}, "0.0.0.0")' in program
+    assert f"127.0.0.1:{port}/" in " ".join(metrics["healthcheck"]["test"])
+    assert targets["flower"] == ("flower", int(environment(all_services["flower"])["OVIS_BATCH_FLOWER_PORT"]))
+    assert PROMETHEUS_FILE.resolve() in bind_mounts(all_services["prometheus"]).values()
+
+
+def test_metrics_service_program_runs_against_the_project() -> None:
+    metrics = services()["metrics"]
+    program = "\n".join(command_words(metrics.get("command")))
+
+    assert metrics["entrypoint"] == ["python", "-c"]
+    compile(program, "metrics", "exec")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(line for line in program.splitlines() if line.startswith("from ")), namespace)
+    assert {"configure_logging", "serve_forever", "get_settings"} <= set(namespace)
+    env = environment(metrics)
+    assert env["OVIS_BATCH_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["OVIS_BATCH_BROKER_URL"].startswith("redis://")
+    assert not [name for name in env if name.startswith("OVIS_BATCH_S3_")], "it needs no storage secrets"
+
+
+def test_grafana_gets_the_datasource_and_the_dashboard() -> None:
+    grafana = services()["grafana"]
+    mounts = bind_mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "ovis-batch.yaml").read_text())["providers"]
+    dashboard = COMPOSE_FILE.parent / "grafana" / "ovis-batch.json"
+
+    assert datasource["url"] == "http://prometheus:9090"
+    assert "127.0.0.1:9090:9090" in services()["prometheus"]["ports"]
+    assert mounts[f"{provider['options']['path']}/ovis-batch.json"] == dashboard.resolve()
+    assert json.loads(dashboard.read_text())["uid"] == "ovis-batch"
+    assert environment(grafana)["GF_SECURITY_ADMIN_PASSWORD"], "Grafana would keep admin:admin"

@@ -109,6 +109,24 @@ class ReadAhead(Generic[W]):
         if old is not None:
             self._drop(old)
 
+    def prepare(
+        self,
+        job_id: str,
+        kind: str,
+        priority: int,
+        groups: Sequence[Sequence[ClaimedItem]],
+        pool: Executor,
+        prepare: Callable[[Sequence[ClaimedItem]], list[W]],
+    ) -> None:
+        """Hold items claimed ahead for this worker, handed to the I/O threads in `groups`; hand them back at
+        once if those threads were shut down (the worker is stopping)."""
+        try:
+            prepared = [(group, pool.submit(prepare, group)) for group in groups]
+        except RuntimeError:
+            self._hand_back(job_id, kind, priority, [item for group in groups for item in group])
+            return
+        self.hold(job_id, kind, prepared, owned=True, priority=priority)
+
     def take(self, job_id: str, kind: str, items: Sequence[ClaimedItem]) -> Taken[W]:
         """The held work for a chunk of `job_id` and `kind` that claimed `items`: all of it when it is claimed
         for this worker (`Taken.owned` lists the items the chunk then runs besides its own), else the work of
@@ -164,21 +182,20 @@ class ReadAhead(Generic[W]):
             if self._held is not held or not held.owned:
                 return
             held.owned = False  # what was prepared stays, as a speculation
-        self._hand_back(held)
+        self._hand_back(held.job_id, held.kind, held.priority, held.items)
 
     def _drop(self, held: _Held[W]) -> None:
         held.drop()
         if held.owned:
-            self._hand_back(held)
+            self._hand_back(held.job_id, held.kind, held.priority, held.items)
 
-    def _hand_back(self, held: _Held[W]) -> None:
-        items = held.items
+    def _hand_back(self, job_id: str, kind: str, priority: int, items: list[ClaimedItem]) -> None:
         if not items:
             return
         if self._give_back is None:
-            log.warning("%d items of job %s read ahead are left to their lease", len(items), held.job_id)
+            log.warning("%d items of job %s read ahead are left to their lease", len(items), job_id)
             return
-        self._give_back(held.job_id, held.kind, held.priority, items)
+        self._give_back(job_id, kind, priority, items)
 
 
 class Taken(Generic[W]):

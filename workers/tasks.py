@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
-import time
 from typing import Any
 
 from celery import Task
@@ -15,7 +15,7 @@ from jobs.dispatch import CeleryDispatcher
 from jobs.errors import Transient
 from jobs.lifecycle import JobKind
 from workers.celery_app import app
-from workers.chunk import ChunkInterrupted, run_chunk
+from workers.chunk import ChunkInterrupted, ChunkProgress, run_chunk
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 120.0
 MAX_TRANSIENT_RETRIES = 20
-#: Least time between two progress events of a chunk.
-PROGRESS_EVERY_S = 1.0
 
 
 def backoff(retries: int) -> float:
@@ -54,19 +52,12 @@ class ChunkTask(Task):
     def run_kind(self, job_id: str, start: int, stop: int) -> dict[str, Any]:
         """Run the chunk; transient faults send it back with backoff."""
 
-        sent_at = [time.monotonic()]
-
-        def progress(done: int, claimed: int) -> None:
-            # Flower shows the fields of task events: progress while a long chunk runs, at most one event a
-            # second (its end is the task-succeeded event). Only monitoring: a broker that is away must not
-            # fail a chunk whose results are already recorded.
-            if done >= claimed or time.monotonic() - sent_at[0] < PROGRESS_EVERY_S:
-                return
-            sent_at[0] = time.monotonic()
+        def progress(report: ChunkProgress) -> None:
+            # Flower shows the fields of task events: progress while a long chunk runs (throttled by the
+            # chunk). Only monitoring: a broker that is away must not fail a chunk whose results are recorded.
             try:
-                self.send_event(
-                    "task-progress", job_id=job_id, done=done, claimed=claimed, items=stop - start
-                )
+                done = report.succeeded + report.failed
+                self.send_event("task-progress", done=done, items=stop - start, **dataclasses.asdict(report))
             except KombuOperationalError:
                 log.debug("progress event of job %s not sent: the broker is unavailable", job_id)
 

@@ -2,7 +2,7 @@
 
 An input whose bytes start with a marker below raises that exception while it is decoded, the way an input no
 check foresaw would; the torch-free backend's `prepare` raises ValueError for an image `REFUSED_WIDTH` pixels
-wide, against its contract. Patched before `workers.chunk` imports them, so a real worker runs into them.
+wide, against its contract. Patched before `workers.prepare` imports them, so a real worker runs into them.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def test_a_caption_job_mixing_every_kind_of_bad_input(
         "".join(json.dumps({"id": name, "image": image}) + "\n" for name, image in images.items())
     )
 
-    with caplog.at_level(logging.WARNING, logger="workers.chunk"):
+    with caplog.at_level(logging.WARNING, logger="workers.prepare"):
         report = EmbeddedRunner(settings).run(JobKind.CAPTION, str(manifest))
 
     items = _items(settings, report.id)
@@ -197,7 +197,7 @@ def test_a_caption_job_mixing_every_kind_of_bad_input(
     assert all(messages[name].startswith(f"{folder}/{name}: ") for name in forged), messages  # names the item
     assert any("names 'n.jpg', not 'm.png'" in messages[name] for name in forged)
     # Bad input is expected: one WARNING line per failed item, no traceback, nothing logged louder.
-    records = [r for r in caplog.records if r.name == "workers.chunk" and r.levelno >= logging.WARNING]
+    records = [r for r in caplog.records if r.name == "workers.prepare" and r.levelno >= logging.WARNING]
     bad = {name for name, (_, code) in cases.items() if code}
     assert sorted(r.getMessage().split()[1] for r in records) == sorted(bad)
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in records)

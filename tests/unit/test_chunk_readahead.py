@@ -23,7 +23,7 @@ from jobs.lifecycle import JobKind
 from jobs.models import Item
 from jobs.state import ClaimedItem, claim_items
 from tests.helpers import embedded_settings
-from workers import chunk
+from workers import prepare
 from workers.chunk import ChunkInterrupted, ChunkOutcome, run_chunk
 from workers.embedded import EmbeddedRunner
 from workers.readahead import ReadAhead
@@ -52,7 +52,7 @@ class Reads:
         self.fail = set(fail)
         self.failing = bool(fail)
         self._lock = threading.Lock()
-        real = chunk.read_allowed_input
+        real = prepare.read_allowed_input
 
         def read(url: str, roots: Sequence[str], options: Any, max_bytes: int | None = None) -> bytes:
             with self._lock:
@@ -62,7 +62,7 @@ class Reads:
                     raise storage.StorageUnavailable(f"{url}: storage unavailable (simulated)")
             return real(url, roots, options, max_bytes)
 
-        monkeypatch.setattr(chunk, "read_allowed_input", read)
+        monkeypatch.setattr(prepare, "read_allowed_input", read)
 
 
 def _settle(runner: EmbeddedRunner) -> None:

@@ -26,7 +26,7 @@ from jobs.lifecycle import JobKind
 from jobs.models import Item
 from jobs.settings import Settings
 from tests.helpers import embedded_settings, sample_photo
-from workers import chunk
+from workers import prepare
 from workers.chunk import run_chunk
 from workers.embedded import EmbeddedRunner
 
@@ -69,7 +69,7 @@ def test_any_exception_while_preparing_an_item_fails_that_item_alone(
         (folder / f"{marker.decode().lower()}.png").write_bytes(marker + b" and some bytes")
     (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
 
-    real_decode, real_read = chunk.decode_image, chunk.read_allowed_input
+    real_decode, real_read = prepare.decode_image, prepare.read_allowed_input
     reads: Counter[str] = Counter()
 
     def decode(data: bytes, **limits: int) -> Image.Image:
@@ -84,10 +84,10 @@ def test_any_exception_while_preparing_an_item_fails_that_item_alone(
             raise storage.StorageUnavailable(f"{url}: connection reset (simulated)")
         return real_read(url, roots, s3, max_bytes)
 
-    monkeypatch.setattr(chunk, "decode_image", decode)
-    monkeypatch.setattr(chunk, "read_allowed_input", read)
+    monkeypatch.setattr(prepare, "decode_image", decode)
+    monkeypatch.setattr(prepare, "read_allowed_input", read)
     settings = embedded_settings(tmp_path, chunk_size=16)
-    with caplog.at_level(logging.WARNING, logger="workers.chunk"):
+    with caplog.at_level(logging.WARNING, logger="workers.prepare"):
         report = EmbeddedRunner(settings, _PickyBackend()).run(JobKind.CAPTION, str(folder))
 
     items = _items(settings, report.id)
@@ -125,7 +125,7 @@ def test_a_chunk_sent_as_another_kind_of_task_is_dropped_untouched(
     runner.runtime.load()
     job_id = runner.client.submit(JobKind.EDIT, str(manifest))
 
-    with caplog.at_level(logging.WARNING, logger="workers.chunk"):
+    with caplog.at_level(logging.WARNING, logger="workers.ledger"):
         outcome = run_chunk(runner.runtime, JobKind.CAPTION, job_id, 0, 3)
 
     assert (outcome.claimed, outcome.succeeded, outcome.failed) == (0, 0, 0)

@@ -6,6 +6,10 @@
   dead worker holds them unacknowledged. A duplicate is harmless: claims are conditional, finished items are
   skipped.
 - Jobs whose items have all ended but were not finalized (a crash in between) are finalized.
+- Jobs whose counters look wrong are recounted from their items (jobs/repair.py), and ended if every item
+  has: counters that do not add up to the total, running items counted where none is left, or queued items
+  counted where none is found to send again. These checks read the job row and the status index only; the
+  recount reads every item of the job, so it runs for those jobs alone.
 - Final jobs whose results file is missing (storage was down when they ended) get it, with backoff (see
   jobs/results.py).
 """
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, select
+from sqlalchemy import exists, literal, or_, select
 
 from jobs.api import Client
 from jobs.broker import queue_for
@@ -27,9 +31,10 @@ from jobs.dispatch import CeleryDispatcher
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
 from jobs.queues import queue_depths
+from jobs.repair import repair_job
 from jobs.results import deliver_results, retry_exports
 from jobs.settings import Settings
-from jobs.state import finalize_job, now, transition
+from jobs.state import expire_leases, finalize_job
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,24 @@ class ReconcileReport:
     finalized: list[str] = field(default_factory=list)
     #: Jobs whose results file was written on a later try.
     exported: list[str] = field(default_factory=list)
+    #: Jobs whose counters were recounted from their items and changed (see jobs/repair.py).
+    repaired: list[str] = field(default_factory=list)
+
+
+# The state inline, not bound: the planner must see it to use the partial status index.
+_RUNNING_ITEM = exists().where(
+    Item.job_id == Job.id, Item.status == literal(ItemStatus.RUNNING.value, literal_execute=True)
+)
+#: Counters that contradict themselves, or running items counted where the status index has none: read in one
+#: statement, so that no worker moves items in between.
+_COUNTERS_WRONG = or_(
+    Job.n_queued + Job.n_running + Job.n_succeeded + Job.n_failed + Job.n_cancelled != Job.total,
+    *(
+        counter < 0
+        for counter in (Job.n_queued, Job.n_running, Job.n_succeeded, Job.n_failed, Job.n_cancelled)
+    ),
+    (Job.n_running > 0) & ~_RUNNING_ITEM,
+)
 
 
 def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) -> ReconcileReport:
@@ -94,20 +117,17 @@ def _reconcile_open(
     in_flight = _recently_taken(dispatcher.app, settings.lease_seconds)
     for job_id, kind in jobs:
         with session_scope(settings.resolved_database_url) as session:
-            expired = transition(
-                session,
-                job_id=job_id,
-                where=and_(Item.lease_until < now()),
-                source=ItemStatus.RUNNING,
-                target=ItemStatus.QUEUED,
-                values={"lease_until": None},
-            )
+            expired = expire_leases(session, job_id=job_id)
             status = finalize_job(session, job_id=job_id)
-            queued = session.scalar(select(Job.n_queued).where(Job.id == job_id)) or 0
+            queued, wrong = session.execute(
+                select(Job.n_queued, _COUNTERS_WRONG).where(Job.id == job_id)
+            ).one()
         report.expired += expired
         if status is not None:
             report.finalized.append(job_id)
             deliver_results(settings, job_id)
+            continue
+        if wrong and _repair(settings, job_id, report):
             continue
         idle = depths.get(queue_for(settings, kind), 0) == 0 and in_flight == 0
         if queued and (expired or idle):
@@ -120,3 +140,16 @@ def _reconcile_open(
                 expired,
                 extra={"job_id": job_id},
             )
+            if not sent:  # queued items counted, none found
+                _repair(settings, job_id, report)
+
+
+def _repair(settings: Settings, job_id: str, report: ReconcileReport) -> bool:
+    """Recount a job whose counters look wrong; True if that ended it (its results file is written then)."""
+    repaired = repair_job(settings, job_id)
+    if repaired.changed:
+        report.repaired.append(job_id)
+        log.warning("reconciler: %s", repaired.describe(), extra={"job_id": job_id})
+    if repaired.ended:
+        report.finalized.append(job_id)
+    return repaired.ended

@@ -16,7 +16,7 @@ from jobs.lifecycle import ItemStatus
 from jobs.models import Item
 
 if TYPE_CHECKING:
-    from jobs.submit import ItemSpec
+    from jobs.items import ItemSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,39 @@
-"""One tree of errors: each class carries the stable `error_code` recorded on an item and decides retry."""
+"""One tree of errors: each class carries the stable `error_code` recorded on an item and decides retry.
+
+    OvisBatchError                   error
+    ├── BadInput                     bad_input            the item fails; retrying will not help
+    │   ├── InvalidImage             invalid_image
+    │   ├── ImageTooLarge            image_too_large
+    │   ├── UnsupportedImage         unsupported_image
+    │   ├── InputMissing             input_missing        <- storage.ObjectNotFound or a refused read (input)
+    │   ├── InputNotAllowed          input_not_allowed
+    │   ├── InvalidParameters        invalid_parameters
+    │   │   └── InvalidExport        invalid_export
+    │   └── InvalidSource            invalid_source       <- storage.ObjectNotFound or a refused read (source)
+    ├── StorageFailed                storage_error        <- any other storage.StorageError (output)
+    │   └── AccessDenied             access_denied        <- storage.AccessDenied
+    ├── Transient                    transient            handed back and retried with backoff
+    │   ├── StorageUnavailable       storage_unavailable  <- storage.StorageUnavailable
+    │   └── DatabaseUnavailable      database_unavailable
+    └── JobNotFound                  job_not_found
+
+The storage package has a tree of its own (it depends on no other package of the project). Its errors are
+turned into this tree once, where they meet the domain, by `from_storage`: what a refusal means depends on
+what was being read or written (an item's input, a source at submission, or an output). The backends'
+errors (gpu_model.BackendError) are sorted by the worker, which jobs never imports: out of memory splits the
+micro-batch, an invalid request fails the item, and what the codes below do not name ends as
+`internal_error`.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
+
+import storage
+
+#: What a storage operation was for: an item's input (read by a worker), a source (read at submission or by
+#: an export), or an output (anything written).
+StorageRole = Literal["input", "source", "output"]
 
 
 class OvisBatchError(Exception):
@@ -65,6 +98,19 @@ class InvalidExport(InvalidParameters):
     error_code = "invalid_export"
 
 
+class StorageFailed(OvisBatchError):
+    """Storage refused an operation for good (a full disk, a read-only folder, a missing bucket); the message
+    says which."""
+
+    error_code = "storage_error"
+
+
+class AccessDenied(StorageFailed):
+    """Storage refused the credentials, or these credentials may not do this: a configuration problem."""
+
+    error_code = "access_denied"
+
+
 class Transient(OvisBatchError):
     """A service was unavailable; the work is handed back and retried with backoff."""
 
@@ -88,6 +134,26 @@ class JobNotFound(OvisBatchError):
     """No job with that id."""
 
     error_code = "job_not_found"
+
+
+def from_storage(exc: storage.StorageError, *, role: StorageRole, url: str | None = None) -> OvisBatchError:
+    """The error of this tree for a storage error met while handling `url` (default: the one the storage
+    error names) in `role`; the caller raises it `from exc`.
+
+    Unavailable storage is transient and refused credentials are access_denied whatever the role. A missing
+    or unreadable object is the item's input_missing when it is an input, invalid_source when it is a source,
+    and storage_error when it is an output.
+    """
+    where = url or exc.url or "the object"
+    if isinstance(exc, storage.StorageUnavailable):
+        return StorageUnavailable(str(exc))
+    if isinstance(exc, storage.AccessDenied):
+        return AccessDenied(str(exc))
+    if role == "output":
+        return StorageFailed(str(exc))
+    missing = isinstance(exc, storage.ObjectNotFound)
+    message = f"{where} does not exist" if missing else f"{where} cannot be read: {exc}"
+    return InputMissing(message) if role == "input" else InvalidSource(message)
 
 
 #: Codes recorded by the worker for outcomes that are not exceptions of this tree.

@@ -12,79 +12,25 @@ they replace; they never replace a folder or an input of the job.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import select
 
 from jobs.db import session_scope
-from jobs.errors import InvalidExport, InvalidParameters, JobNotFound
+from jobs.errors import InvalidExport, JobNotFound
+from jobs.export_captions import write_caption_files
 from jobs.export_destination import file_target, parse_destination
-from jobs.lifecycle import ItemStatus, JobKind
+from jobs.export_manifest import write_manifest
+from jobs.export_options import ROWS_PER_FETCH, ExportOptions, ExportReport
+from jobs.export_writes import refuse_inputs, write_file
 from jobs.models import Item, Job
 from jobs.settings import Settings
-from storage import S3Options, open_store, parse_url
+from storage import open_store
 
-FORMATS = ("jsonl", "parquet", "txt", "manifest")
 COLUMNS = ("id", "input", "prompt", "output", "status", "error_code", "error", "attempts")
-#: Rows fetched per round trip (a server-side cursor on PostgreSQL).
-ROWS_PER_FETCH = 10_000
 #: The extension of each one-file format's destination.
 _EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet"}
-_CONTENT_TYPES = {
-    "jsonl": "application/x-ndjson",
-    "parquet": "application/vnd.apache.parquet",
-    "csv": "text/csv",
-}
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What to export."""
-
-    #: One of FORMATS.
-    fmt: str = "jsonl"
-    #: Only items in these states (all when empty), e.g. ("succeeded",).
-    statuses: tuple[str, ...] = ()
-    #: `manifest`: the name of the added column (default: jobs.export_manifest.OUTPUT_COLUMNS by job kind).
-    column: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            choices = ", ".join(FORMATS)
-            raise InvalidParameters(f"unknown export format {self.fmt!r}; choose one of: {choices}")
-        known = {status.value for status in ItemStatus}
-        for status in self.statuses:
-            if status not in known:
-                raise InvalidParameters(f"unknown item state {status!r}; states: {', '.join(sorted(known))}")
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What an export wrote, in the units of its format."""
-
-    #: Rows (jsonl, parquet), manifest records, or caption files written.
-    count: int
-    #: What `count` counts, singular: "row", "record" or "caption file".
-    unit: str
-    #: The file written, or the folder the files went under; None for caption files beside the images.
-    destination: str | None
-    #: Files written.
-    files: int = 1
-
-    def describe(self) -> str:
-        """One line for the person who ran the export."""
-        counted = f"{self.count} {self.unit}{'' if self.count == 1 else 's'}"
-        if self.destination is None:
-            return f"wrote {counted} beside the images"
-        if self.unit == "caption file":
-            return f"wrote {counted} under {self.destination}"
-        if self.files == 1:
-            return f"wrote {counted} to {self.destination}"
-        return f"wrote {counted} in {self.files} files under {self.destination}"
 
 
 def load_job(settings: Settings, job_id: str) -> Job:
@@ -163,63 +109,6 @@ def write_parquet(rows: Iterator[dict[str, Any]], path: str) -> int:
     return count
 
 
-def write_file(out: str, suffix: str, write: Callable[[str], int], s3: S3Options) -> int:
-    """Run `write(path)` into `out`: directly for a local path, via a temporary file for a storage URL."""
-    location = parse_url(out)
-    if location.scheme == "local":
-        # Written beside the target and renamed over it: a reader never sees half a file.
-        folder = os.path.dirname(location.path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=f"{suffix}.ovis-tmp")
-        os.close(fd)
-        try:
-            count = write(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, location.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return count
-    folder, _, name = out.rstrip("/").rpartition("/")
-    fd, tmp = tempfile.mkstemp(suffix=suffix)
-    os.close(fd)
-    try:
-        count = write(tmp)
-        content_type = _CONTENT_TYPES.get(suffix.lstrip("."), "application/octet-stream")
-        open_store(folder, s3).upload_file(name, tmp, content_type)
-    finally:
-        os.unlink(tmp)
-    return count
-
-
-def refuse_inputs(settings: Settings, job: Job, targets: Sequence[str]) -> None:
-    """Refuse to write any of `targets` (file URLs) that is an input of `job`: its source or an item's."""
-    normal = {_normal(target): target for target in targets}
-    sources = {_normal(job.source)} if job.source else set()
-    used = None
-    if job.kind != JobKind.GENERATE.value:  # generate items have no input
-        with session_scope(settings.resolved_database_url) as session:
-            used = session.scalars(
-                select(Item.source).where(Item.job_id == job.id, Item.source.in_(list(normal))).limit(1)
-            ).first()
-    for url in (*sorted(sources & normal.keys()), used):
-        if url is not None:
-            raise InvalidExport(
-                f"--out {normal[url]} is an input of job {job.id}; an export never replaces an input: "
-                "write it elsewhere"
-            )
-
-
-def _normal(url: str) -> str:
-    try:
-        location = parse_url(url)
-    except ValueError:
-        return url
-    if location.scheme == "s3":
-        return f"s3://{location.bucket}/{location.path}"
-    return location.path
-
-
 def write_export(
     settings: Settings, job_id: str, out: str | None, options: ExportOptions | None = None
 ) -> ExportReport:
@@ -228,8 +117,6 @@ def write_export(
     options = options or ExportOptions()
     job = load_job(settings, job_id)
     if options.fmt == "txt":
-        from jobs.export_captions import write_caption_files
-
         folder = None if out is None else parse_destination(out)
         return write_caption_files(settings, job, folder, options.statuses)
     if out is None:
@@ -239,8 +126,6 @@ def write_export(
         )
     destination = parse_destination(out)
     if options.fmt == "manifest":
-        from jobs.export_manifest import write_manifest
-
         return write_manifest(settings, job, destination, options)
     ext = _EXTENSIONS[options.fmt]
     target = file_target(destination, ext=ext, default_name=f"{job_id}{ext}", what=f"a {options.fmt} export")

@@ -28,8 +28,8 @@ from sqlalchemy import select
 
 from jobs.db import session_scope
 from jobs.errors import InvalidExport, InvalidParameters
-from jobs.export import ROWS_PER_FETCH, ExportReport
 from jobs.export_destination import Destination, require_folder
+from jobs.export_options import ROWS_PER_FETCH, ExportReport
 from jobs.lifecycle import ItemStatus, JobKind
 from jobs.models import Item, Job
 from jobs.settings import Settings

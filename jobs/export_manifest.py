@@ -21,19 +21,14 @@ from sqlalchemy import select
 
 from jobs.db import session_scope
 from jobs.errors import InvalidExport, InvalidParameters, InvalidSource
-from jobs.export import ExportOptions, ExportReport, refuse_inputs, write_file
 from jobs.export_destination import Destination, file_target, require_folder
+from jobs.export_options import ExportOptions, ExportReport
+from jobs.export_writes import refuse_inputs, write_file
 from jobs.lifecycle import ItemStatus, JobKind
 from jobs.models import Item, Job
+from jobs.records import iter_parquet_batches, iter_records, manifest_format, open_parquet
 from jobs.settings import Settings
-from jobs.sources import (
-    Columns,
-    ManifestReader,
-    iter_parquet_batches,
-    iter_records,
-    manifest_format,
-    open_parquet,
-)
+from jobs.sources import Columns, ManifestReader
 from jobs.webdataset import is_shard_source, iter_shard_urls, parse_member_url
 from storage import S3Options, parse_url
 

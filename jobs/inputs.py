@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 from jobs.errors import ImageTooLarge, InputMissing, InputNotAllowed
 from jobs.webdataset import check_member_range, parse_member_url, read_local_member, read_s3_member
-from storage import ObjectNotFound, S3Options, S3Store, StorageError, is_within, parse_url
-from storage.local import LocalFile
+from storage import LocalFile, S3Options, S3Store, StorageError, is_within, parse_url
 
 #: Folders remembered by one InputRoots; past this the memo starts again (flat memory on huge sources).
 _MEMO_LIMIT = 65_536
@@ -65,7 +64,8 @@ def read_allowed_input(
     `max_bytes` bytes, both checked before any byte is read.
 
     Raises InputNotAllowed, ImageTooLarge, InputMissing (a special file, a member its shard does not hold)
-    and the storage package's errors (ObjectNotFound, StorageUnavailable, ...).
+    and the storage package's errors (ObjectNotFound, StorageUnavailable, ...), which the caller turns into
+    this project's with `jobs.errors.from_storage(exc, role="input", url=url)`.
     """
     return _read(url, roots, s3, max_bytes)
 
@@ -131,7 +131,7 @@ def _under(real_path: str, root: str) -> bool:
 
 def _read_s3_object(url: str, bucket: str, key: str, s3: S3Options | None, max_bytes: int | None) -> bytes:
     if not key:
-        raise ObjectNotFound(f"{url} names a bucket, not an object", url=url)
+        raise InputMissing(f"{url} names a bucket, not an object")
     try:
         store = S3Store(bucket, "", s3)
         answer = store.get(key)

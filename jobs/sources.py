@@ -2,33 +2,38 @@
 WebDataset tar shards.
 
 Every source is a generator reading its input as a stream (S3 objects included), so a source of any size
-flows into submission in flat memory. Manifests give one item per record, with ids and texts exactly as
-written (see ManifestReader).
+flows into submission in flat memory. Manifests give one item per record (read by jobs.records), with ids
+and texts exactly as written (see ManifestReader).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
-from jobs.errors import InvalidParameters, InvalidSource
+from jobs.errors import InvalidParameters, InvalidSource, from_storage
+from jobs.items import ITEM_PARAMS, ItemSpec
 from jobs.lifecycle import JobKind
-from jobs.objects import iter_lines, open_seekable
+from jobs.objects import iter_lines
 from jobs.params import check_chars
-from jobs.submit import ITEM_PARAMS, ItemSpec
+from jobs.records import (
+    describe_value,
+    iter_records,
+    manifest_format,
+    open_parquet,
+    parquet_batches,
+    parquet_records,
+)
 from jobs.webdataset import is_shard_source, iter_shard, iter_shard_urls
-from storage import S3Options, open_store, parse_url
+from storage import S3Options, StorageError, open_store, parse_url
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-MANIFEST_EXTENSIONS = (".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet")
 ID_FIELDS = ("id", "key", "custom_id")
 IMAGE_FIELDS = ("image", "image_url", "url", "path", "file")
 TEXT_FIELDS: dict[JobKind, tuple[str, ...]] = {
@@ -38,8 +43,6 @@ TEXT_FIELDS: dict[JobKind, tuple[str, ...]] = {
 }
 #: Fields that dataset tools write as facts about an image (img2dataset: the original's size).
 IMAGE_FACTS = frozenset({"width", "height"})
-#: Parquet rows decoded at a time.
-PARQUET_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,6 @@ class Columns:
 
 def _ext(name: str) -> str:
     return os.path.splitext(name)[1].lower()
-
-
-def manifest_format(url: str) -> str | None:
-    """The format of a manifest URL: jsonl, csv or parquet (the text formats may be gzipped), else None."""
-    name = url.lower()
-    for ext in MANIFEST_EXTENSIONS:
-        if name.endswith(ext):
-            return ext.split(".")[1]
-    return None
 
 
 # -- manifests ---------------------------------------------------------------------------------------------
@@ -238,18 +232,6 @@ def _has(record: dict[str, Any]) -> str:
     return "; the record has " + ", ".join(repr(name) for name in record)
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {json.dumps(value)}"
-    if isinstance(value, int | float):
-        return f"the number {value!r}"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__} ({str(value)[:40]})"
-
-
 def _text(value: Any, name: str) -> str:
     """A text field that is not a str: UTF-8 bytes (a Parquet binary column) are decoded, the rest refused."""
     if isinstance(value, bytes):
@@ -259,7 +241,7 @@ def _text(value: Any, name: str) -> str:
             raise InvalidSource(
                 f"field {name!r} is not valid UTF-8 (byte 0x{value[exc.start]:02x} at byte {exc.start + 1})"
             ) from None
-    raise InvalidSource(f"field {name!r} holds {_describe(value)}; it must be text")
+    raise InvalidSource(f"field {name!r} holds {describe_value(value)}; it must be text")
 
 
 def _id_text(value: Any, name: str) -> str:
@@ -270,7 +252,7 @@ def _id_text(value: Any, name: str) -> str:
     if isinstance(value, bytes):
         return _text(value, name)
     raise InvalidSource(
-        f"field {name!r} holds {_describe(value)}; an id is text or an integer (write it as a string to "
+        f"field {name!r} holds {describe_value(value)}; an id is text or an integer (write it as a string to "
         "keep it exactly as written)"
     )
 
@@ -290,122 +272,6 @@ def _check_text(value: str, name: str) -> None:
         raise InvalidSource(str(exc)) from None
 
 
-def iter_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a JSONL or CSV manifest, streamed, every record exactly as written."""
-    fmt = manifest_format(url)
-    if fmt == "jsonl":
-        yield from _jsonl_records(url, s3)
-    elif fmt == "csv":
-        yield from _csv_records(url, s3)
-    else:
-        raise InvalidSource(f"{url} is not a JSONL or CSV manifest")
-
-
-#: What JSON counts as whitespace around a value.
-_JSON_SPACE = " \t\r\n"
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON value")
-
-
-# The json module's C scanner, called directly: json.loads adds two regular-expression matches per line.
-_DECODE = json.JSONDecoder(parse_constant=_not_json).raw_decode
-
-
-def _jsonl_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in iter_lines(url, s3):
-        try:
-            record, end = _DECODE(line)
-        except ValueError:
-            start = len(line) - len(line.lstrip(_JSON_SPACE))
-            if start == len(line):
-                continue  # a blank line
-            try:
-                record, end = _DECODE(line, start)
-            except ValueError as exc:
-                what = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                raise InvalidSource(f"{url} line {lineno}: not valid JSON ({what})") from None
-        rest = line[end:]
-        if rest != "\n" and rest.strip(_JSON_SPACE):
-            raise InvalidSource(
-                f"{url} line {lineno}: more after the JSON object ({rest[:40].strip()!r}); "
-                "a JSONL manifest holds one JSON object per line"
-            )
-        if type(record) is not dict:
-            raise InvalidSource(
-                f"{url} line {lineno}: expected a JSON object, found {_describe(record)}; a JSONL manifest "
-                "holds one JSON object per line"
-            )
-        yield lineno, record
-
-
-def _csv_records(url: str, s3: S3Options | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(line for _, line in iter_lines(url, s3))
-    try:
-        header = next((row for row in reader if row), None)
-        if header is None:
-            return
-        if len(set(header)) != len(header):
-            twice = sorted({name for name in header if header.count(name) > 1})
-            raise InvalidSource(f"{url} line {reader.line_num}: the header names {', '.join(twice)} twice")
-        width = len(header)
-        for row in reader:
-            if len(row) != width:
-                if not row:
-                    continue  # a blank line
-                raise InvalidSource(
-                    f"{url} line {reader.line_num}: {len(row)} fields where the header has {width}; a field "
-                    'that holds a comma, a quote or a line break is written in quotes ("red, please")'
-                )
-            yield reader.line_num, dict(zip(header, row, strict=True))
-    except csv.Error as exc:
-        raise InvalidSource(f"{url} line {reader.line_num}: {exc}") from None
-
-
-def open_parquet(url: str, s3: S3Options | None) -> Any:
-    """A pyarrow ParquetFile over a local file or ranged S3 reads (never the whole object in memory)."""
-    import pyarrow.parquet as pq
-
-    handle: IO[bytes] = open_seekable(url, s3)
-    try:
-        return pq.ParquetFile(handle)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        handle.close()
-        raise InvalidSource(f"{url} is not a readable Parquet file: {exc}") from None
-
-
-def iter_parquet_batches(url: str, s3: S3Options | None, wanted: list[str] | None) -> Iterator[Any]:
-    """Record batches of a Parquet manifest, with only the `wanted` columns that exist (all if None)."""
-    yield from _batches(open_parquet(url, s3), wanted)
-
-
-def _batches(parquet: Any, wanted: list[str] | None) -> Iterator[Any]:
-    names = parquet.schema_arrow.names
-    columns = None if wanted is None else [name for name in dict.fromkeys(wanted) if name in names]
-    yield from parquet.iter_batches(batch_size=PARQUET_BATCH, columns=columns)
-
-
-def _parquet_records(url: str, batch: Any, first_row: int) -> list[dict[str, Any]]:
-    """The rows of a batch as dicts; a string column holding invalid UTF-8 is reported by row and column."""
-    try:
-        records: list[dict[str, Any]] = batch.to_pylist()
-        return records
-    except UnicodeDecodeError as exc:
-        error = exc
-    for name, column in zip(batch.schema.names, batch.columns, strict=True):
-        for row in range(len(column)):
-            try:
-                column[row].as_py()
-            except UnicodeDecodeError as exc:
-                raise InvalidSource(
-                    f"{url} row {first_row + row}: field {name!r} is not valid UTF-8 ({exc.reason} at byte "
-                    f"{exc.start + 1})"
-                ) from None
-    last = first_row + batch.num_rows - 1
-    raise InvalidSource(f"{url} rows {first_row} to {last}: not valid UTF-8 ({error})")
-
-
 def iter_manifest(
     kind: JobKind, url: str, s3: S3Options | None, columns: Columns | None = None
 ) -> Iterator[ItemSpec]:
@@ -416,8 +282,8 @@ def iter_manifest(
     if manifest_format(url) == "parquet":
         parquet = open_parquet(url, s3)
         reader.note_fields(parquet.schema_arrow.names)
-        for batch in _batches(parquet, reader.fields()):
-            for record in _parquet_records(url, batch, index + 1):
+        for batch in parquet_batches(parquet, reader.fields()):
+            for record in parquet_records(url, batch, index + 1):
                 try:
                     yield reader.item(record, index)
                 except InvalidSource as exc:
@@ -467,7 +333,19 @@ def iter_prompt_lines(url: str, s3: S3Options | None) -> Iterator[ItemSpec]:
 def iter_source(
     kind: JobKind, url: str, s3: S3Options | None = None, columns: Columns | None = None
 ) -> Iterator[ItemSpec]:
-    """The items of a source, chosen by what `url` names and the job kind."""
+    """The items of a source, chosen by what `url` names and the job kind; what storage refuses while they are
+    read is an InvalidSource (or StorageUnavailable, AccessDenied: jobs.errors.from_storage)."""
+    return _refusals_mapped(_items_of(kind, url, s3, columns))
+
+
+def _refusals_mapped(items: Iterator[ItemSpec]) -> Iterator[ItemSpec]:
+    try:
+        yield from items
+    except StorageError as exc:  # a listing, a shard or a Parquet file read by ranges
+        raise from_storage(exc, role="source") from exc
+
+
+def _items_of(kind: JobKind, url: str, s3: S3Options | None, columns: Columns | None) -> Iterator[ItemSpec]:
     if manifest_format(url):
         return iter_manifest(kind, url, s3, columns)
     if is_shard_source(url):

@@ -14,7 +14,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -26,6 +25,7 @@ from jobs.db import ensure_schema, session_scope
 from jobs.dispatch import Dispatcher, send_chunks
 from jobs.errors import InputNotAllowed, InvalidParameters, InvalidSource
 from jobs.inputs import InputRoots
+from jobs.items import ITEM_PARAMS, ItemSpec
 from jobs.keys import check_output_name
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.models import Item, Job
@@ -41,24 +41,6 @@ log = logging.getLogger(__name__)
 INSERT_BATCH = 10_000
 #: Batches written at once, each on its own database connection.
 WRITERS = 2
-#: Per-item parameters a manifest may set, per kind (the rest are job-wide).
-ITEM_PARAMS: dict[JobKind, frozenset[str]] = {
-    JobKind.CAPTION: frozenset({"max_new_tokens", "seed"}),
-    JobKind.GENERATE: frozenset({"seed", "width", "height", "steps", "txt_cfg"}),
-    JobKind.EDIT: frozenset({"seed", "steps", "img_cfg", "txt_cfg"}),
-}
-
-
-@dataclass(slots=True)
-class ItemSpec:
-    """One item as a source yields it (slots: a million of these are made per million items)."""
-
-    key: str
-    #: Input image URL (caption, edit).
-    source: str = ""
-    #: Caption question, generation prompt or edit instruction.
-    text: str = ""
-    params: dict[str, Any] | None = field(default=None)
 
 
 def new_job_id() -> str:

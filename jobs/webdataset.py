@@ -18,8 +18,7 @@ from typing import Any, cast
 
 from jobs.errors import ImageTooLarge, InputMissing, InvalidSource
 from jobs.objects import open_stream
-from storage import S3Options, S3Store, open_store, parse_url
-from storage.local import LocalFile
+from storage import LocalFile, S3Options, S3Store, open_store, parse_url
 
 _MEMBER_URL = re.compile(r"^(?P<shard>.+?\.tar)#(?P<member>[^#]+)@(?P<offset>\d+)\+(?P<size>\d+)$")
 # WebDataset's rule: a sample key is the member path up to the first dot of its file name.

@@ -74,7 +74,7 @@ class LocalStore(Store):
             with open(source, "rb") as src:
                 _replace_atomically(target, lambda out: shutil.copyfileobj(src, out, 1024 * 1024))
         except OSError as exc:
-            raise _wrap_os_error(exc, source) from exc
+            raise wrap_os_error(exc, source) from exc
         return target
 
     def exists(self, key: str) -> bool:
@@ -86,7 +86,7 @@ class LocalStore(Store):
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
-            raise _wrap_os_error(exc, self.root) from exc
+            raise wrap_os_error(exc, self.root) from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise AccessDenied(f"permission denied: cannot write in {self.root}", url=self.root)
 
@@ -98,7 +98,7 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return  # no object under this key (a directory is not one)
         except OSError as exc:
-            raise _wrap_os_error(exc, path) from exc
+            raise wrap_os_error(exc, path) from exc
 
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         """Yield keys starting with ``prefix``, depth first, in the order S3 would list them."""
@@ -131,13 +131,13 @@ class LocalFile:
         try:
             self._handle = os.open(path, _PIN_FLAGS)
         except OSError as exc:
-            raise _wrap_os_error(exc, path) from exc
+            raise wrap_os_error(exc, path) from exc
         try:
             self.stat = os.fstat(self._handle)
             self.real_path = _pinned_path(self._handle)
         except OSError as exc:
             os.close(self._handle)
-            raise _wrap_os_error(exc, path) from exc
+            raise wrap_os_error(exc, path) from exc
 
     @property
     def kind(self) -> str | None:
@@ -173,7 +173,7 @@ class LocalFile:
                 if fd != self._handle:
                     os.close(fd)
         except OSError as exc:
-            raise _wrap_os_error(exc, self.path) from exc
+            raise wrap_os_error(exc, self.path) from exc
         if len(data) != size:
             raise StorageError(
                 f"{self.path} ends at byte {offset + len(data)}, before the {size} bytes asked from byte "
@@ -226,7 +226,7 @@ def _walk(directory: str, rel: str, prefix: str) -> Iterator[str]:
     except (FileNotFoundError, NotADirectoryError):
         return  # an empty listing, as S3 gives for a prefix with no objects
     except OSError as exc:
-        raise _wrap_os_error(exc, directory) from exc
+        raise wrap_os_error(exc, directory) from exc
     # A directory sorts as "name/": S3 lists keys in byte order, where "a-b" comes before "a/b".
     entries.sort(key=lambda entry: entry[0] + "/" if entry[1] else entry[0])
     for name, is_dir, entry in entries:
@@ -259,7 +259,7 @@ def _replace_atomically(path: str, fill: Callable[[BinaryIO], object]) -> None:
         # os.open with 0o666 (not mkstemp's 0o600) so that the object gets the umask's usual permissions.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
-        raise _wrap_os_error(exc, path) from exc
+        raise wrap_os_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as out:
             fill(out)
@@ -272,11 +272,12 @@ def _replace_atomically(path: str, fill: Callable[[BinaryIO], object]) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(exc, OSError):
-            raise _wrap_os_error(exc, path) from exc
+            raise wrap_os_error(exc, path) from exc
         raise
 
 
-def _wrap_os_error(exc: OSError, path: str) -> StorageError:
+def wrap_os_error(exc: OSError, path: str) -> StorageError:
+    """Translate an OSError about ``path`` into the package's error; the caller raises it."""
     # A directory where a file was expected is a missing object too: S3 would answer NoSuchKey.
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
         return ObjectNotFound(f"no such file: {path}", url=path)

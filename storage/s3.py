@@ -231,6 +231,14 @@ class S3Store(Store):
             raise wrap_error(exc, "upload", self.url_for(key)) from exc
         return self.url_for(key)
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes (one HEAD request); ObjectNotFound if it does not exist."""
+        object_key = self.object_key(key)
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=object_key)["ContentLength"])
+        except (BotoCoreError, ClientError) as exc:
+            raise wrap_error(exc, "read", self.url_for(key)) from exc
+
     def exists(self, key: str) -> bool:
         """Return whether the object exists (one HEAD request)."""
         object_key = self.object_key(key)

@@ -580,7 +580,7 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "worker", "--gpus", plan.gpus, "--loglevel", "INFO"],
+            [sys.executable, "-m", "workers.cli", "worker", "--gpus", plan.gpus, "--loglevel", "INFO"],
             cwd=work,
             env=env,
             stdout=log_file,

@@ -1,35 +1,25 @@
-"""The `ovis-batch` command line."""
+"""The producer commands of `ovis-batch`: submit, watch and manage jobs, export results, migrate the database.
+
+The console script (workers.cli) composes them with the worker commands; nothing here imports workers or
+gpu_model, so a producer without the model stack runs every one of them.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import kombu.exceptions
-import sqlalchemy.exc
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from jobs.api import Client, JobReport
-from jobs.errors import OvisBatchError
 from jobs.export import ExportOptions, ExportReport, write_export
 from jobs.export_destination import format_of
 from jobs.lifecycle import JobKind, JobStatus
-from jobs.settings import Settings, get_settings
-from storage import StorageError
+from jobs.settings import get_settings
+from jobs.terminal import console, guard
 
 app = typer.Typer(
     help="Batch captioning, text-to-image and editing with Ovis-U1.",
@@ -37,51 +27,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 submit_app = typer.Typer(help="Submit a job to the workers.", no_args_is_help=True)
-run_app = typer.Typer(
-    help="Submit and process a job in this process (no servers needed).", no_args_is_help=True
-)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
-app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+#: What a job command of one kind does with what it was given: kind, source, parameters, priority, output URL
+#: and whether to reuse earlier outputs.
+KindAction = Callable[[JobKind, str, dict[str, Any], int, str | None, bool], None]
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(2)
-
-
-def _missing_schema(exc: sqlalchemy.exc.DBAPIError) -> bool:
-    """Whether the database answered that the project's tables do not exist (never migrated)."""
-    return type(exc.orig).__name__ == "UndefinedTable" or "no such table" in str(exc.orig)
-
-
-def _guard(fn: Callable[[], Any]) -> Any:
-    """Run `fn`; turn the errors a user can act on into one line and exit status 2."""
-    try:
-        return fn()
-    except (OvisBatchError, StorageError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
-        if _missing_schema(exc):
-            raise _fail(
-                "the database has no ovis-batch tables yet: run `ovis-batch db upgrade` once (and after "
-                "every upgrade of ovis-batch)"
-            ) from None
-        if isinstance(exc, sqlalchemy.exc.ProgrammingError):
-            raise
-        reason = str(exc.orig).strip().splitlines()[0]
-        raise _fail(f"cannot reach a service ({exc.__class__.__name__}): {reason}") from None
-    except (kombu.exceptions.OperationalError, OSError) as exc:
-        # A server that is down or refuses the credentials: say which, not the URL (it may hold a password).
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise _fail(f"cannot reach a service ({exc.__class__.__name__}): {reason}") from None
-
-
-# -- submit / run: one definition of each kind's options, used by both ------------------------------------
+# -- submit / run: one definition of each kind's options, used by both (run: workers.cli) --------------------
 InputOpt = typer.Option(
     ..., "--input", "-i", help="Folder, s3:// prefix, prompt .txt or .jsonl/.csv/.parquet"
 )
@@ -100,9 +55,9 @@ def _drop_none(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def _register(
-    target: typer.Typer, action: Callable[[JobKind, str, dict[str, Any], int, str | None, bool], None]
-) -> None:
+def register_kinds(target: typer.Typer, action: KindAction) -> None:
+    """Add a caption, a generate and an edit command to `target`, each calling `action` with its options."""
+
     @target.command("caption")
     def caption(
         input: str = InputOpt,
@@ -154,7 +109,7 @@ def _submit(
     kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
 ) -> None:
     client = Client(get_settings())
-    job_id = _guard(
+    job_id = guard(
         lambda: client.submit(
             kind, source, params=params, priority=priority, output_url=output, skip_existing=skip
         )
@@ -165,65 +120,7 @@ def _submit(
     print(job_id)
 
 
-def _run(
-    kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
-) -> None:
-    settings = get_settings()
-    if output:
-        settings = settings.model_copy(update={"storage_url": output})
-    report = run_embedded(settings, kind, source, params, skip_existing=skip)
-    _print_outcome(report)
-
-
-def run_embedded(
-    settings: Settings, kind: JobKind, source: str, params: dict[str, Any], *, skip_existing: bool = False
-) -> JobReport:
-    """Run one job in this process with a progress bar; return its final report."""
-    # The CLI is where producer and worker meet: only the embedded mode imports the worker side.
-    from gpu_model import BackendLoadError
-    from workers.embedded import EmbeddedRunner
-
-    runner = EmbeddedRunner(settings)
-    try:
-        runner.runtime.load()
-    except BackendLoadError as exc:
-        raise _fail(str(exc)) from None
-    with _progress() as progress:
-        task = progress.add_task(f"{kind.value}", total=None)
-
-        def show(report: JobReport) -> None:
-            progress.update(task, total=report.total, completed=report.done)
-
-        return _guard(
-            lambda: runner.run(kind, source, params=params, on_progress=show, skip_existing=skip_existing)
-        )
-
-
-_register(submit_app, _submit)
-_register(run_app, _run)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _print_outcome(report: JobReport) -> None:
-    colour = "green" if report.status == JobStatus.SUCCEEDED.value else "yellow"
-    console.print(
-        f"job {report.id}: [{colour}]{report.status}[/{colour}] "
-        f"({report.succeeded} succeeded, {report.failed} failed, {report.cancelled} cancelled)"
-    )
-    console.print(f"outputs: {report.output_url.rstrip('/')}/{report.id}/", markup=False)
-    if report.export_url:
-        console.print(f"results: {report.export_url}", markup=False)
+register_kinds(submit_app, _submit)
 
 
 # -- watching and managing ---------------------------------------------------------------------------------
@@ -239,7 +136,7 @@ def status(
     from jobs.progress import watch as watch_job
 
     client = Client(get_settings())
-    report: JobReport = _guard(lambda: client.status(job_id))
+    report: JobReport = guard(lambda: client.status(job_id))
     if as_json:
         rate = overall_rate(report)
         errors = client.errors_by_code(job_id) if report.failed else {}
@@ -310,7 +207,7 @@ def list_jobs(
     from jobs.progress import parse_since
 
     states = [part.strip() for part in status.split(",") if part.strip()] if status else None
-    created = _guard(lambda: parse_since(since)) if since else None
+    created = guard(lambda: parse_since(since)) if since else None
     reports = Client(get_settings()).list(status=states, kind=kind, since=created, source=source, limit=limit)
     if as_json:
         for report in reports:
@@ -361,14 +258,14 @@ def export(
         options = ExportOptions(fmt=fmt or format_of(out), statuses=states, column=column)
         return write_export(settings, job_id, out, options)
 
-    report: ExportReport = _guard(run)
+    report: ExportReport = guard(run)
     console.print(report.describe(), markup=False)
 
 
 @app.command()
 def cancel(job_id: str) -> None:
     """Cancel a job: nothing new starts; running micro-batches finish."""
-    report = _guard(lambda: Client(get_settings()).cancel(job_id))
+    report = guard(lambda: Client(get_settings()).cancel(job_id))
     console.print(f"job {job_id}: {report.status}")
 
 
@@ -380,7 +277,7 @@ def resume(
     ),
 ) -> None:
     """Re-dispatch every item of a job that has not ended (queued, expired leases, cancelled)."""
-    count = _guard(lambda: Client(get_settings()).resume(job_id, release_running=release_running))
+    count = guard(lambda: Client(get_settings()).resume(job_id, release_running=release_running))
     console.print(f"re-dispatched {count} items of job {job_id}")
 
 
@@ -392,73 +289,8 @@ def retry(
 ) -> None:
     """Queue the failed items of a job again, as a new attempt; succeeded items are kept."""
     codes = [part.strip() for part in code.split(",") if part.strip()] if code else []
-    count = _guard(lambda: Client(get_settings()).retry_failed(job_id, codes))
+    count = guard(lambda: Client(get_settings()).retry_failed(job_id, codes))
     console.print(f"queued {count} failed items of job {job_id} again")
-
-
-# -- processes ---------------------------------------------------------------------------------------------
-@app.command()
-def worker(
-    gpus: str = typer.Option(
-        "auto", help="'auto'/'all' (one worker per GPU), 'none' (one CPU worker), or 0,1,..."
-    ),
-    concurrency: int = typer.Option(
-        0, help="Processes of a CPU worker (prefork; 1: this process). Default: OVIS_BATCH_CONCURRENCY."
-    ),
-    queues: str = typer.Option("", help="Comma-separated queues (default: every kind's), e.g. ovis.caption."),
-    node: str = typer.Option("", help="Celery node name (default: ovis@host, ovis-gpuN@host)."),
-    loglevel: str = typer.Option("INFO", help="Log level."),
-) -> None:
-    """Start workers: the model is loaded before any message is consumed."""
-    from jobs.broker import worker_queues
-    from workers.launcher import celery_argv, node_name, supervise, visible_gpus
-
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    devices = _guard(lambda: visible_gpus(gpus))
-    if devices:
-        child_args = ["--queues", queues, "--loglevel", loglevel]
-        raise typer.Exit(supervise(devices, child_args))
-    from workers.celery_app import app as celery_app
-
-    names = [q.strip() for q in queues.split(",") if q.strip()] or worker_queues(settings)
-    concurrency = concurrency or settings.concurrency
-    if concurrency <= 1:
-        # Load the model before Celery starts, so a missing model fails here with its fix, not at a job.
-        from gpu_model import BackendLoadError
-        from workers.runtime import WorkerRuntime
-
-        try:
-            WorkerRuntime.current().load()
-        except BackendLoadError as exc:
-            raise _fail(str(exc)) from None
-    # Loading a 3B model takes longer than Celery's default 4 s allowance for a new child process.
-    celery_app.conf.worker_proc_alive_timeout = 900
-    argv = celery_argv(node=node or node_name(None), queues=names, concurrency=concurrency, loglevel=loglevel)
-    try:
-        celery_app.worker_main(argv)
-    except OvisBatchError as exc:
-        raise _fail(str(exc)) from None
-
-
-@app.command()
-def ping(
-    node: str = typer.Option("", help="Node to ask (default: every ovis node on this host)."),
-    timeout: float = typer.Option(5.0, help="Seconds to wait for answers."),
-) -> None:
-    """Liveness check for a supervisor: exit 0 when the worker(s) on this host answer."""
-    import socket
-
-    from jobs.broker import make_celery
-
-    celery = make_celery(get_settings())
-    replies = celery.control.ping(destination=[node] if node else None, timeout=timeout)
-    names = [name for reply in replies for name in reply]
-    if not node:
-        names = [name for name in names if name.endswith("@" + socket.gethostname())]
-    if not names:
-        raise _fail(f"no worker answered within {timeout}s")
-    console.print("alive: " + ", ".join(sorted(names)))
 
 
 @app.command()
@@ -471,47 +303,6 @@ def reconcile() -> None:
         f"leases expired: {report.expired}; items re-dispatched: {report.redispatched}; "
         f"jobs finalized: {len(report.finalized)}"
     )
-
-
-@app.command()
-def flower(
-    address: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(0, help="Port (default: OVIS_BATCH_FLOWER_PORT)."),
-) -> None:
-    """Start Flower on the project's Celery app, with basic auth from OVIS_BATCH_FLOWER_BASIC_AUTH."""
-    import ipaddress
-    import os
-
-    settings = get_settings()
-    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
-    try:
-        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
-    except ValueError:  # a host name: only "localhost" counts as local
-        loopback = False
-    if not auth and not loopback:
-        raise _fail(
-            "Flower without authentication may only listen on localhost: set "
-            "OVIS_BATCH_FLOWER_BASIC_AUTH=user:password to listen on " + address
-        )
-    if auth and ":" not in auth:
-        raise _fail("OVIS_BATCH_FLOWER_BASIC_AUTH must be user:password")
-    env = dict(os.environ)
-    if auth:
-        # Through the environment, not argv: the password stays out of the process list.
-        env["FLOWER_BASIC_AUTH"] = auth
-    else:
-        env["FLOWER_UNAUTHENTICATED_API"] = "true"
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "flower",
-        f"--address={address}",
-        f"--port={port or settings.flower_port}",
-    ]
-    os.execve(sys.executable, argv, env)
 
 
 @app.command()
@@ -546,23 +337,3 @@ def db_downgrade(
 
     downgrade(get_settings().resolved_database_url, revision)
     console.print(f"database at {revision}")
-
-
-@app.command()
-def demo(out: str = typer.Option("demo-output", help="Folder for the demo's inputs and outputs.")) -> None:
-    """Caption, edit and generate from scikit-image's sample photos on the tiny random-weight model."""
-    from jobs.demo import run_demo
-
-    _guard(lambda: run_demo(out, console))
-
-
-def main() -> None:
-    """The `ovis-batch` console script: errors a user can act on end in one line, not a traceback."""
-    try:
-        _guard(app)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":  # the GPU launcher starts its children as `python -m jobs.cli`
-    main()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from rich.console import Console
 
+from jobs.api import Client, JobReport
 from jobs.lifecycle import JobKind
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
 
 #: Sample photos shipped inside scikit-image (no download).
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
@@ -45,11 +48,13 @@ def write_inputs(folder: Path) -> tuple[Path, Path, Path]:
     return photos, prompts, edits
 
 
-def run_demo(out: str, console: Console) -> None:
-    """Run the three kinds of job on the embedded defaults and print where every output is."""
-    from jobs.api import Client
-    from jobs.cli import run_embedded
+#: Runs one job to its end in this process (workers.cli.run_embedded: the demo needs the worker side).
+RunJob = Callable[[Settings, JobKind, str, dict[str, Any]], JobReport]
 
+
+def run_demo(out: str, console: Console, run_embedded: RunJob) -> None:
+    """Run the three kinds of job on the embedded defaults with `run_embedded` and print where every output
+    is."""
     folder = Path(out).resolve()
     photos, prompts, edits = write_inputs(folder / "inputs")
     settings = get_settings().model_copy(

@@ -75,7 +75,7 @@ def worker_command(gpu: str, child_args: Sequence[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "workers.cli",
         "worker",
         "--gpus",
         "none",

@@ -7,11 +7,11 @@ import importlib
 import io
 import warnings
 from types import ModuleType
+from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from jobs.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from workers import jpeg
 
 
 def _optional(name: str) -> ModuleType | None:
@@ -24,6 +24,10 @@ def _optional(name: str) -> ModuleType | None:
 _simplejpeg = _optional("simplejpeg")
 # From this many pixels on, sharing libjpeg-turbo's RGBX output with Pillow beats copying RGB into it.
 _SHARE_MIN_PIXELS = 256 * 256
+# How a JPEG file starts (the test Pillow uses).
+_JPEG_START = b"\xff\xd8\xff"
+# The EXIF orientations ImageOps.exif_transpose turns an image for.
+_TURNED = frozenset(range(2, 9))
 
 # Modes converted to RGB; anything else is refused.
 _CONVERTIBLE = {
@@ -80,6 +84,19 @@ def _pyarrow() -> ModuleType | None:
     return _optional("pyarrow") if hasattr(Image, "fromarrow") else None
 
 
+def _orientation(data: bytes) -> Any:
+    """The orientation ImageOps.exif_transpose reads from a JPEG (1 where none is recorded), read by Pillow
+    from the header alone (EXIF, else XMP); None where Pillow cannot read the header or the file holds
+    several pictures (MPO)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
+            if image.format != "JPEG":
+                return None
+            return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return None
+
+
 def _decode_jpeg(data: bytes, max_pixels: int) -> Image.Image | None:
     """An upright YCbCr, RGB or grey JPEG decoded by libjpeg-turbo with the GIL released.
 
@@ -91,11 +108,14 @@ def _decode_jpeg(data: bytes, max_pixels: int) -> Image.Image | None:
         height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
     except Exception:
         return None
-    if colorspace not in ("YCbCr", "RGB", "Gray") or jpeg.orientation(data) != 1:
+    if colorspace not in ("YCbCr", "RGB", "Gray"):
         return None
     pixels = width * height
     if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
         return None  # Pillow refuses it as a decompression bomb
+    orientation = _orientation(data)
+    if orientation is None or orientation in _TURNED:
+        return None
     if pixels > max_pixels:
         raise _too_many_pixels(width, height, max_pixels)
     try:
@@ -124,7 +144,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise ImageTooLarge(
             f"the file has {len(data)} bytes; the limit is {max_bytes} (OVIS_BATCH_MAX_IMAGE_BYTES)"
         )
-    if _simplejpeg is not None and jpeg.is_jpeg(data):
+    if _simplejpeg is not None and data.startswith(_JPEG_START):
         decoded = _decode_jpeg(data, max_pixels)
         if decoded is not None:
             return decoded

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import SAMPLE_PHOTOS, sample_photo
-from workers import images, jpeg
+from workers import images
 from workers.images import decode_image
 
 pytest.importorskip("simplejpeg")
@@ -93,7 +93,7 @@ def test_exif_orientation_same_as_pillow(orientation: int, monkeypatch: pytest.M
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = _jpeg(_crops("astronaut.png")[1], exif=exif.tobytes())
-    assert jpeg.orientation(data) == orientation
+    assert images._orientation(data) == orientation
     fast, pillow = _both(data, monkeypatch)
     assert fast == pillow
     if orientation == 6:
@@ -126,15 +126,15 @@ def test_large_image_is_shared_and_copied_on_write() -> None:
         ((_app(0xE1, _exif(1)),), 1),
         ((_app(0xE1, _exif(3, order=">")),), 3),
         ((_app(0xE1, _exif(6)), _app(0xE1, b'http://ns.adobe.com/xap/1.0/\x00tiff:Orientation="6"')), 6),
-        ((_app(0xE1, _exif(1)), _app(0xE1, b'http://ns.adobe.com/xap/1.0/\x00tiff:Orientation="6"')), None),
+        ((_app(0xE1, _exif(1)), _app(0xE1, b'http://ns.adobe.com/xap/1.0/\x00tiff:Orientation="6"')), 1),
         ((_app(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<tiff:Orientation>8</tiff:Orientation>"),), 8),
-        ((_app(0xE1, _exif(1)), _app(0xE1, _exif(6))), None),  # Pillow joins several EXIF segments
-        ((_app(0xE1, _exif(6, kind=4)),), None),
-        ((_app(0xE1, _exif(6, count=2)),), None),
-        ((_app(0xE1, _exif(6)[:20]),), None),  # truncated IFD
-        ((_app(0xE1, b"Exif\x00\x00XX*\x00" + _exif(6)[10:]),), None),
-        ((_app(0xE2, b"MPF\x00II*\x00"),), None),
-        ((b"\xff\xe1\x00\x01",), None),  # segment length below 2
+        ((_app(0xE1, _exif(1)), _app(0xE1, _exif(6))), 1),  # the first EXIF segment counts
+        ((_app(0xE1, _exif(6, kind=4)),), 6),
+        ((_app(0xE1, _exif(6, count=2)),), 6),
+        ((_app(0xE1, _exif(6)[:20]),), 1),  # truncated IFD
+        ((_app(0xE1, b"Exif\x00\x00XX*\x00" + _exif(6)[10:]),), 1),
+        ((_app(0xE2, b"MPF\x00II*\x00"),), 1),  # an MPF segment that names no second picture
+        ((b"\xff\xe1\x00\x01",), 1),  # segment length below 2
         ((b"\xff\xe1\xff\xff",), None),  # segment past the end
         ((b"\x00",), None),
     ],
@@ -142,8 +142,9 @@ def test_large_image_is_shared_and_copied_on_write() -> None:
 def test_orientation_reader(
     segments: tuple[bytes, ...], expected: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The orientation as Pillow reads it from the header, and the same outcome as Pillow's path."""
     data = _with_segments(_jpeg(_crops("coffee.png")[1]), *segments)
-    assert jpeg.orientation(data) == expected
+    assert images._orientation(data) == expected
     fast, pillow = _both(data, monkeypatch)
     assert fast == pillow
 
@@ -178,3 +179,15 @@ def test_cmyk_is_left_to_pillow() -> None:
     data = _jpeg(_crops("astronaut.png")[0].convert("CMYK"))
     assert images._decode_jpeg(data, LIMITS["max_pixels"]) is None
     assert decode_image(data, **LIMITS).mode == "RGB"
+
+
+def test_multi_picture_file_is_left_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = _crops("chelsea.png")[:2]
+    buffer = io.BytesIO()
+    first.save(buffer, format="MPO", save_all=True, append_images=[second])
+    data = buffer.getvalue()
+    assert images._orientation(data) is None
+    assert images._decode_jpeg(data, LIMITS["max_pixels"]) is None
+    fast, pillow = _both(data, monkeypatch)
+    assert fast == pillow
+    assert decode_image(data, **LIMITS).size == first.size

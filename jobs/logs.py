@@ -19,6 +19,10 @@ from celery import signals
 #: Names the text format gives to the fields of `extra`; others keep their own.
 TEXT_NAMES = {"job_id": "job", "item_id": "item"}
 
+#: Third-party loggers whose INFO lines say nothing an operator acts on (alembic names each of its plugins
+#: whenever a process migrates the embedded database).
+QUIETER = {"alembic.runtime.plugins": logging.WARNING}
+
 #: Attributes every LogRecord has: anything else on a record came from `extra`.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -112,6 +116,8 @@ def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text"
     handler = _ProjectHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     root.addHandler(handler)
+    for name, quieter in QUIETER.items():  # at DEBUG, everything shows
+        logging.getLogger(name).setLevel(quieter if root.level > logging.DEBUG else logging.NOTSET)
     logging.captureWarnings(True)
     signals.setup_logging.connect(_keep_logging, weak=False, dispatch_uid="ovis-batch-logging")
 

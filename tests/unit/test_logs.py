@@ -14,7 +14,7 @@ from celery.app.log import Logging
 from celery.utils.log import get_task_logger
 
 from jobs.broker import make_celery
-from jobs.logs import JsonFormatter, TextFormatter, configure_logging
+from jobs.logs import QUIETER, JsonFormatter, TextFormatter, configure_logging
 from tests.helpers import embedded_settings
 
 JOB_ID = "ab12cd34ef56ab12cd34ef56ab12cd34"
@@ -48,10 +48,13 @@ def root_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Whatever configure_logging does to the root logger and Celery's state is undone afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    quieter = {name: logging.getLogger(name).level for name in QUIETER}
     monkeypatch.setattr(warnings, "filters", list(warnings.filters))
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, previous in quieter.items():
+        logging.getLogger(name).setLevel(previous)
     logging.captureWarnings(False)
 
 
@@ -115,6 +118,7 @@ def test_configure_logging_sends_every_logger_to_stderr_once(
     configure_logging("info", fmt)  # type: ignore[arg-type]
     logging.getLogger("jobs.submit").info("submitted job %s", JOB_ID, extra={"job_id": JOB_ID})
     logging.getLogger("workers.chunk").debug("not shown")
+    logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
 
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines

@@ -120,3 +120,56 @@ def test_bad_input_to_submit_is_one_line_and_exit_2(tmp_path: Path) -> None:
         and result.stderr.startswith("error: --output")
         and "Traceback" not in result.stderr
     )
+
+
+COMMANDS = [
+    "submit",
+    "run",
+    "db",
+    "status",
+    "list",
+    "export",
+    "cancel",
+    "resume",
+    "retry",
+    "worker",
+    "ping",
+    "reconcile",
+    "flower",
+    "metrics",
+    "demo",
+]
+
+
+def _commands(usage: str) -> list[str]:
+    """The commands a --help lists, in its order (its options left out)."""
+    rows = [line.split() for line in usage.splitlines() if line.startswith("│ ")]
+    return [row[1] for row in rows if len(row) > 2 and not row[1].startswith("-")]
+
+
+def test_one_console_script_lists_the_producer_and_the_worker_commands(tmp_path: Path) -> None:
+    listed = _commands(_cli(tmp_path, "--help", COLUMNS="200").stdout)
+    assert set(COMMANDS) <= set(listed)
+    # The GPU launcher starts its children as `python -m workers.cli`: the same script.
+    module = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "--help"],
+        env=_env(tmp_path, COLUMNS="200"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert _commands(module.stdout) == listed
+    for group, kinds in (
+        ("submit", "caption generate edit"),
+        ("run", "caption generate edit"),
+        ("db", "upgrade downgrade"),
+    ):
+        assert _commands(_cli(tmp_path, group, "--help", COLUMNS="200").stdout) == kinds.split()
+
+
+def test_a_missing_manifest_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = _cli(tmp_path, "submit", "caption", "--input", str(tmp_path / "missing.jsonl"), check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "missing.jsonl does not exist" in result.stderr

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -18,11 +20,22 @@ from jobs import errors
 from jobs.keys import output_key
 from jobs.lifecycle import JobKind
 from workers.images import encode_png
-from workers.ledger import Results
 from workers.prepare import Prepared, Request
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Results:
+    """A micro-batch's results, recorded by the ledger once the uploads of its image outputs end."""
+
+    #: seq -> caption, or the future of an image output's URL.
+    outputs: dict[int, Future[str] | str] = field(default_factory=dict)
+    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Outputs of earlier jobs the items take instead of running (`--skip-existing`).
+    reused: dict[int, str] = field(default_factory=dict)
+    fingerprints: dict[int, str] = field(default_factory=dict)
 
 
 class MicroBatches:

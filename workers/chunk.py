@@ -12,13 +12,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from jobs import errors
-from jobs.lifecycle import JobKind, JobStatus
+from jobs.lifecycle import JobKind
 from jobs.state import ClaimedItem
-from workers.batches import MicroBatches
-from workers.ledger import DB_ERRORS, ChunkProgress, Claim, Ledger, Results
+from workers.batches import MicroBatches, Results
+from workers.ledger import DB_ERRORS, ChunkProgress, Claim, Ledger, Tally
 from workers.prepare import Inputs, Prepared
 from workers.readahead import Fetch, Taken
 from workers.runtime import WorkerRuntime
@@ -31,16 +31,12 @@ class ChunkInterrupted(Exception):
 
 
 @dataclass
-class ChunkOutcome:
-    """What one run of a chunk did."""
+class ChunkOutcome(Tally):
+    """What one run of a chunk did: what its ledger recorded, what it took from the read-ahead, and where
+    its time went."""
 
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
     #: Claimed items whose inputs were prepared by the read-ahead of the chunk before (not fetched again).
     read_ahead: int = 0
-    final_status: JobStatus | None = None
     #: Where the chunk's time went on the thread that drives the model: in the backend, waiting for inputs
     #: to be fetched and decoded, and waiting for the attempts of the next items to be committed. A model
     #: that waits is a worker short of I/O threads or of database speed.
@@ -71,7 +67,8 @@ def run_chunk(
     recorded, and one when the chunk ends with items ended.
     """
     runtime.liveness.chunk_started(kind.value, job_id, start, stop)
-    chunk = _Chunk(runtime, kind, job_id, start, stop, Ledger(runtime, kind, job_id, start, stop, progress))
+    ledger = Ledger(runtime, kind, job_id, range(start, stop), progress)
+    chunk = _Chunk(runtime, kind, job_id, start, stop, ledger)
     try:
         chunk.run()
     finally:
@@ -145,9 +142,7 @@ class _Chunk:
         """Close the ledger, start the read-ahead's wait for the next chunk, and account for the chunk."""
         tally = self.ledger.close()
         self.rt.read_ahead.chunk_ended()
-        o = self.outcome
-        o.claimed, o.succeeded, o.failed = tally.claimed, tally.succeeded, tally.failed
-        o.cancelled, o.final_status = tally.cancelled, tally.final_status
+        o = self.outcome = replace(self.outcome, **asdict(tally))
         o.wall_s = time.perf_counter() - self.began
         o.read_ahead += self.taken.used
         if o.claimed:

@@ -41,6 +41,7 @@ from jobs.state import (
     record_failures,
     record_successes,
 )
+from workers.batches import Results
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -75,18 +76,6 @@ class Claim:
     reuse_outputs: bool = False
     #: The job was cancelled when the chunk came: nothing runs, what the chunk holds is cancelled.
     cancelled: bool = False
-
-
-@dataclass
-class Results:
-    """A micro-batch's results for the ledger, recorded once the uploads of its image outputs end."""
-
-    #: seq -> caption, or the future of an image output's URL.
-    outputs: dict[int, Future[str] | str] = field(default_factory=dict)
-    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
-    #: Outputs of earlier jobs the items take instead of running (`--skip-existing`).
-    reused: dict[int, str] = field(default_factory=dict)
-    fingerprints: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,12 +129,12 @@ class Ledger:
         runtime: WorkerRuntime,
         kind: JobKind,
         job_id: str,
-        start: int,
-        stop: int,
+        seqs: range,
         progress: Callable[[ChunkProgress], None] | None = None,
     ) -> None:
+        """The ledger of the chunk of `job_id` over `seqs`; `progress` gets its reports."""
         self._executor = runtime.bookkeeper
-        self._book = _Book(runtime, kind, job_id, start, stop, progress)
+        self._book = _Book(runtime, kind, job_id, seqs, progress)
         self._job_id = job_id
         self._db = runtime.settings.resolved_database_url
         self._renew_s = runtime.settings.lease_seconds * LEASE_RENEW_SHARE
@@ -252,28 +241,23 @@ class Ledger:
             raise
 
 
+@dataclass
 class _Book:
     """The ledger's state and its transactions, used on the bookkeeping thread alone (through `Ledger`)."""
 
-    def __init__(
-        self,
-        runtime: WorkerRuntime,
-        kind: JobKind,
-        job_id: str,
-        start: int,
-        stop: int,
-        progress: Callable[[ChunkProgress], None] | None,
-    ) -> None:
-        self.rt = runtime
-        self.settings = runtime.settings
-        self.kind, self.job_id, self.start, self.stop = kind, job_id, start, stop
-        self.progress = progress
-        self.priority = 0
-        self.tally = Tally()
-        self.open: set[int] = set()  # held seqs not yet recorded
-        self.started: set[int] = set()  # held seqs whose attempt this chunk counted
-        self.writer: Connection | None = None
-        self.began = self.reported_at = time.perf_counter()
+    rt: WorkerRuntime
+    kind: JobKind
+    job_id: str
+    seqs: range
+    progress: Callable[[ChunkProgress], None] | None
+    priority: int = 0
+    tally: Tally = field(default_factory=Tally)
+    #: Held seqs not yet recorded, and those whose attempt this chunk counted.
+    open: set[int] = field(default_factory=set)
+    started: set[int] = field(default_factory=set)
+    writer: Connection | None = None
+    began: float = field(default_factory=time.perf_counter)
+    reported_at: float = field(default_factory=time.perf_counter)
 
     def claim(self, window: int) -> Claim | None:
         """Claim the chunk's items; None when the message is refused (its task is of another kind than its
@@ -289,8 +273,8 @@ class _Book:
                     "chunk %s[%d:%d] dropped, no item touched: it came as a %s task for a job of kind %s, "
                     "whose chunks are %s tasks",
                     self.job_id,
-                    self.start,
-                    self.stop,
+                    self.seqs.start,
+                    self.seqs.stop,
                     self.kind.value,
                     job.kind,
                     TASK_NAMES[JobKind(job.kind)],
@@ -299,18 +283,17 @@ class _Book:
                 return None
             self.priority = job.priority
             if job.cancel_requested:
-                seqs = list(range(self.start, self.stop))
-                self.tally.cancelled += cancel_items(session, job_id=self.job_id, seqs=seqs)
+                self.tally.cancelled += cancel_items(session, job_id=self.job_id, seqs=list(self.seqs))
                 return Claim([], priority=job.priority, cancelled=True)
             items, leased = claim_items(
                 session,
                 job_id=self.job_id,
-                start=self.start,
-                stop=self.stop,
+                start=self.seqs.start,
+                stop=self.seqs.stop,
                 worker=self.rt.name,
-                lease_seconds=self.settings.lease_seconds,
-                max_attempts=self.settings.max_attempts,
-                starting_below=self.start + window,
+                lease_seconds=self.rt.settings.lease_seconds,
+                max_attempts=self.rt.settings.max_attempts,
+                starting_below=self.seqs.start + window,
                 job_queued=job.status == JobStatus.QUEUED.value,
                 # Items read ahead by another worker are leased to it: only worth a query for the log.
                 check_leased=log.isEnabledFor(logging.DEBUG),
@@ -319,8 +302,8 @@ class _Book:
             log.debug(
                 "items %d-%d of job %s are leased by another worker; the reconciler re-dispatches them "
                 "if their lease expires",
-                self.start,
-                self.stop,
+                self.seqs.start,
+                self.seqs.stop,
                 self.job_id,
                 extra=extra,
             )
@@ -347,7 +330,7 @@ class _Book:
                 worker=self.rt.name,
                 starting=seqs,
                 renewing=self.open if renew else (),
-                lease_seconds=self.settings.lease_seconds,
+                lease_seconds=self.rt.settings.lease_seconds,
             )
         self.started.update(seqs)
 
@@ -385,15 +368,14 @@ class _Book:
         try:
             with self._transaction() as session:
                 # The next two chunks' ranges at most: a chunk further on is not this worker's next.
-                length = self.stop - self.start
                 items = claim_next_items(
                     session,
                     job_id=self.job_id,
-                    after=self.stop,
-                    before=self.stop + 2 * length,
+                    after=self.seqs.stop,
+                    before=self.seqs.stop + 2 * len(self.seqs),
                     limit=limit,
                     worker=self.rt.name,
-                    lease_seconds=self.settings.lease_seconds,
+                    lease_seconds=self.rt.settings.lease_seconds,
                 )
         except DB_ERRORS as exc:  # the chunk's own bookkeeping reports the database
             log.debug("no read-ahead for job %s: %s", self.job_id, exc, extra={"job_id": self.job_id})
@@ -413,7 +395,7 @@ class _Book:
             self.tally.final_status = status
             log.info("job %s finished: %s", self.job_id, status.value, extra={"job_id": self.job_id})
             # A failed write is recorded on the job; the reconciler writes the file later.
-            deliver_results(self.settings, self.job_id)
+            deliver_results(self.rt.settings, self.job_id)
 
     def release(self, model_s: float, stopping: bool) -> None:
         if not self.open:
@@ -427,7 +409,7 @@ class _Book:
             )
         # The chunk's message comes back for its own range; items claimed ahead outside it need their own. A
         # hand-back the database refuses is made by the runtime as soon as the database answers again.
-        outside = [seq for seq in self.open if not self.start <= seq < self.stop]
+        outside = [seq for seq in self.open if seq not in self.seqs]
         handed = self.rt.hand_back(
             self.job_id, self.kind.value, self.priority, self.open, uncount=self.started, publish=outside
         )
@@ -461,8 +443,8 @@ class _Book:
         return ChunkProgress(
             job_id=self.job_id,
             kind=self.kind.value,
-            start=self.start,
-            stop=self.stop,
+            start=self.seqs.start,
+            stop=self.seqs.stop,
             claimed=self.tally.claimed,
             succeeded=self.tally.succeeded,
             failed=self.tally.failed,
@@ -483,7 +465,7 @@ class _Book:
         transaction. A broken connection is dropped and the next transaction opens another. Each commit is
         progress of the chunk (workers/health.py)."""
         if self.writer is None:
-            self.writer = get_engine(self.settings.resolved_database_url).connect()
+            self.writer = get_engine(self.rt.settings.resolved_database_url).connect()
         try:
             with Session(bind=self.writer) as session, session.begin():
                 yield session

@@ -301,20 +301,31 @@ def reconcile() -> None:
     report = run_pass(get_settings())
     console.print(
         f"leases expired: {report.expired}; items re-dispatched: {report.redispatched}; "
-        f"jobs finalized: {len(report.finalized)}"
+        f"jobs finalized: {len(report.finalized)}; jobs recounted: {len(report.repaired)}"
     )
+
+
+@app.command()
+def repair(
+    job_id: str = typer.Argument(..., help="The job whose counters to recount from its items."),
+) -> None:
+    """Recount a job's counters from its items, fix its row, and finalize it if every item has ended."""
+    from jobs.repair import repair_job
+
+    console.print(repair_job(get_settings(), job_id).describe(), markup=False)
 
 
 @app.command()
 def metrics(
     serve: int = typer.Option(0, help="Serve /metrics on this port instead of printing once."),
+    address: str = typer.Option("127.0.0.1", help="Address to serve on (0.0.0.0: every interface)."),
 ) -> None:
     """Queue depth and job / item counters in Prometheus text format (what Flower does not export)."""
     from jobs.metrics import render, serve_forever
 
     settings = get_settings()
     if serve:
-        serve_forever(settings, serve)
+        serve_forever(settings, serve, address)
     else:
         sys.stdout.write(render(settings))
 

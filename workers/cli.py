@@ -7,7 +7,6 @@ they use when they run: the producer commands start without the model stack or t
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -25,6 +24,7 @@ from jobs import cli as producer
 from jobs.api import JobReport
 from jobs.errors import OvisBatchError
 from jobs.lifecycle import JobKind, JobStatus
+from jobs.logs import configure_logging
 from jobs.settings import Settings, get_settings
 from jobs.terminal import console, fail, guard
 
@@ -120,8 +120,8 @@ def worker(
     from jobs.broker import worker_queues
     from workers.launcher import celery_argv, node_name, supervise, visible_gpus
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    configure_logging(loglevel, settings.log_format)
     devices = guard(lambda: visible_gpus(gpus))
     if devices:
         child_args = ["--queues", queues, "--loglevel", loglevel]
@@ -150,22 +150,31 @@ def worker(
 
 @worker_app.command()
 def ping(
-    node: str = typer.Option("", help="Node to ask (default: every ovis node on this host)."),
+    node: list[str] = typer.Option(
+        [], help="Node to ask; repeat for several. Default: the nodes this host runs (see --gpus)."
+    ),
+    gpus: str = typer.Option(
+        "auto",
+        help="Without --node: ask ovis-gpuN@host per GPU this selects, or ovis@host without GPUs.",
+    ),
     timeout: float = typer.Option(5.0, help="Seconds to wait for answers."),
 ) -> None:
-    """Liveness check for a supervisor: exit 0 when the worker(s) on this host answer."""
-    import socket
-
+    """Liveness check: exit 0 when every worker asked answers and is making progress (idle, or busy with a
+    chunk that progresses); exit 1 naming each one that is stalled or did not answer."""
     from jobs.broker import make_celery
+    from workers.launcher import node_name, visible_gpus
+    from workers.watchdog import ask_health, describe
 
+    nodes = list(node) or [node_name(gpu) for gpu in guard(lambda: visible_gpus(gpus))] or [node_name(None)]
     celery = make_celery(get_settings())
-    replies = celery.control.ping(destination=[node] if node else None, timeout=timeout)
-    names = [name for reply in replies for name in reply]
-    if not node:
-        names = [name for name in names if name.endswith("@" + socket.gethostname())]
-    if not names:
-        raise fail(f"no worker answered within {timeout}s")
-    console.print("alive: " + ", ".join(sorted(names)))
+    try:
+        live, lines = describe(ask_health(celery, nodes, timeout), timeout)
+    finally:
+        celery.close()
+    for line in lines:
+        console.print(line, markup=False)
+    if not live:
+        raise fail("not every worker is live: " + "; ".join(lines))
 
 
 @worker_app.command()
@@ -217,10 +226,16 @@ def demo(out: str = typer.Option("demo-output", help="Folder for the demo's inpu
     guard(lambda: run_demo(out, console, run_embedded))
 
 
+def _start() -> None:
+    # Warnings and errors of every command in the configured format; `worker` logs from its --loglevel.
+    configure_logging("WARNING", get_settings().log_format)
+    app()
+
+
 def main() -> None:
     """The `ovis-batch` console script: errors a user can act on end in one line, not a traceback."""
     try:
-        guard(app)
+        guard(_start)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
 

@@ -65,6 +65,18 @@ def ask_health(app: Celery, nodes: Sequence[str], timeout: float) -> dict[str, d
     return answers
 
 
+def describe(answers: dict[str, dict[str, Any] | None], timeout: float) -> tuple[bool, list[str]]:
+    """Whether every node is live, and one line per node for `ovis-batch ping`."""
+    lines = []
+    for node, answer in sorted(answers.items()):
+        if answer is None:
+            lines.append(f"{node}: no answer within {timeout:g}s")
+        else:
+            lines.append(f"{node}: {answer.get('detail', answer.get('state', '?'))}")
+    live = bool(answers) and all(answer is not None and answer.get("ok") for answer in answers.values())
+    return live, lines
+
+
 def _running_seqs(runtime: WorkerRuntime, running: Running) -> tuple[list[int], int]:
     """The items of the stalled chunk's job this worker holds, and the job's priority."""
     with session_scope(runtime.settings.resolved_database_url) as session:

@@ -2,6 +2,7 @@
 #   make venv      .venv with the project, the model stack (CPU torch) and the dev tools
 #   make services  Redis and PostgreSQL answering on 127.0.0.1 (installs and starts them if needed)
 #   make test      lint + types + the whole test suite against the real services (what .ci/run does)
+#   make test-gpu  the CUDA tests alone, on a machine with a GPU
 #   make demo      the quick start: caption, edit and generate on the tiny model, no servers needed
 
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ PIP_INSTALL := $(BIN)/python -m pip --disable-pip-version-check install --progre
 # machine's local CPU wheel where pip is configured to find one, else the release from PyPI.
 INSTALL_PINS := numpy==1.24.3 torch==2.13.0
 
-.PHONY: help venv services lint types test demo clean distclean
+.PHONY: help venv services lint types test test-gpu demo clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +60,10 @@ types: venv ## mypy on the packages (configured in pyproject.toml)
 
 test: venv services lint types ## lint, types and the whole test suite against real services
 	$(BIN)/pytest -q
+
+# Without a GPU these tests are skipped in `make test`; here a machine where torch sees no CUDA is an error.
+test-gpu: venv ## the CUDA tests alone (pytest -m cuda), on a GPU machine
+	OVIS_TEST_REQUIRE_CUDA=1 $(BIN)/pytest -q -m cuda
 
 demo: venv ## the quick start on embedded defaults: SQLite, local folders, the tiny random-weight model
 	$(BIN)/ovis-batch demo

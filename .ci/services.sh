@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Make sure the servers the integration tests use answer on this machine:
-#   Redis       127.0.0.1:6379
-#   PostgreSQL  127.0.0.1:5432, user postgres with trust auth over TCP, database `test`
+# Make sure the servers the tests and benchmarks use answer on this machine:
+#   Redis       127.0.0.1:6379 (the benchmarks'; each test run starts a redis-server of its own from the
+#               same package)
+#   PostgreSQL  127.0.0.1:5432, user postgres with trust auth over TCP, database `test` (each test run
+#               creates databases of its own on this server, and drops them)
 # Idempotent: a server that answers is left alone; a missing one is installed from Debian's packages and
 # started. The S3 server (moto_server) is started by the tests themselves; this only checks it is installed.
 set -euo pipefail
@@ -72,13 +74,18 @@ ensure_redis() {
         # The package's own start (where there is an init system) may already have brought it up.
         if ! redis_answers; then
             as_root mkdir -p /var/lib/redis /var/log/redis
-            # As the machine starts it: no persistence (tests flush what they use), loopback only.
+            # As the machine starts it: no persistence (its users clear what they use), loopback only.
             as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
                 --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log ||
                 die "redis-server failed to start (see /var/log/redis/ci.log)"
         fi
         wait_for redis_answers ||
             die "Redis does not answer on $REDIS_HOST:$REDIS_PORT after ${WAIT_S}s (see /var/log/redis/ci.log)"
+    fi
+    # The tests start redis-server themselves: it must be installed even where this Redis runs elsewhere.
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "services: installing redis-server (the tests start their own)"
+        apt_install redis-server
     fi
     echo "redis:      $REDIS_HOST:$REDIS_PORT answers ($(redis_version))"
 }

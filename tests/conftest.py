@@ -1,1 +1,7 @@
-pytest_plugins = ["tests.plugins.services", "tests.plugins.s3", "tests.plugins.workers"]
+pytest_plugins = [
+    "tests.plugins.isolation",
+    "tests.plugins.cuda",
+    "tests.plugins.services",
+    "tests.plugins.s3",
+    "tests.plugins.workers",
+]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-_START_TIMEOUT_S = 15.0
+_START_TIMEOUT_S = 60.0
+#: What the forwarder prints once it listens: the port answering is not enough, another process may hold it.
+READY = "tcp_proxy: listening"
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,14 +43,9 @@ async def _serve(listen_port: int, target_port: int) -> None:
         )
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen_port, reuse_address=True)
+    print(READY, flush=True)
     async with server:
         await server.serve_forever()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class TcpProxy:
@@ -67,7 +63,8 @@ class TcpProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        """Start forwarding and wait until the port accepts connections."""
+        """Start forwarding and wait until it listens."""
+        ready = self._ready_lines()
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.tcp_proxy", str(self.port), str(self.target_port)],
@@ -76,10 +73,16 @@ class TcpProxy:
                 start_new_session=True,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _listening(self.port):
+        while self._ready_lines() == ready:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the TCP proxy did not start on port {self.port}: {self.log.read_text()}")
             time.sleep(0.05)
+
+    def _ready_lines(self) -> int:
+        try:
+            return self.log.read_text(errors="replace").count(READY)
+        except FileNotFoundError:
+            return 0
 
     def kill(self) -> None:
         """End the forwarder abruptly: open connections break, new ones are refused."""

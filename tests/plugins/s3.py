@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
-_START_TIMEOUT_S = 30.0
+_START_TIMEOUT_S = 60.0
+#: Ports tried before giving up, when another process takes the one picked before moto_server binds it.
+_PORT_TRIES = 5
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -54,20 +56,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     executable = _moto_server_path()
     if executable is None:
         _unavailable("moto_server not found next to the Python interpreter (install moto[server])")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
+    process, endpoint = _start(executable, log_path)
     try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _answers_http(endpoint):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                _unavailable(f"moto_server did not start on {endpoint}:\n{tail}")
-            time.sleep(0.05)
         yield endpoint
     finally:
         process.terminate()
@@ -76,6 +67,38 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _start(executable: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start moto_server on a free port; on another port when another process took that one first."""
+    for attempt in range(1, _PORT_TRIES + 1):
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        logged = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            if _says_it_runs(log_path, logged, endpoint) and _answers_http(endpoint):
+                return process, endpoint
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if attempt == _PORT_TRIES or not _answers_http(endpoint):
+            break
+    tail = log_path.read_text(errors="replace")[-2000:]
+    _unavailable(f"moto_server did not start on {endpoint}:\n{tail}")
+
+
+def _says_it_runs(log_path: Path, offset: int, endpoint: str) -> bool:
+    """Whether this moto_server logged (after `offset`) that it serves `endpoint`: the port answering is not
+    enough, as another test run's server may hold it while this one failed to bind it."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        return f"Running on {endpoint}".encode() in log.read()
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
-"""Pytest fixtures for Redis and PostgreSQL: the machine's shared servers, and throwaway ones a test may stop.
+"""Pytest fixtures for Redis and PostgreSQL: the session's own, and throwaway ones a test may stop.
 
-The shared servers are the ones ``make services`` starts on 127.0.0.1; point the tests elsewhere with
-``OVIS_TEST_REDIS_URL`` and ``OVIS_TEST_POSTGRES_URL``. When one does not answer, its tests fail under CI
-(``CI=true``) and are skipped elsewhere. Throwaway servers run from the same binaries, on a free port with a
-temporary directory of their own, so that fault tests can stop, kill and restart them without disturbing
-anyone else.
+Every test session keeps to itself, so that two runs on one machine (two clones, two engineers) never meet:
+"the" Redis is a throwaway redis-server of the session's own, on a free port with its own folder, and "the"
+PostgreSQL is a database of the session's own, created on the shared server that ``make services`` starts
+and dropped at the end (a test that wants an empty one gets another database of its own). Point the tests
+elsewhere with ``OVIS_TEST_REDIS_URL`` (used as it is: tests keep to queue names of their own) and
+``OVIS_TEST_POSTGRES_URL`` (the server on which the session creates its databases). When a service is
+missing, its tests fail under CI (``CI=true``) and are skipped elsewhere. Throwaway servers run from the same
+binaries, on a free port with a temporary directory of their own, so that fault tests can stop, kill and
+restart them without disturbing anyone else.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -35,12 +40,17 @@ from sqlalchemy.engine import make_url
 
 REDIS_URL_ENV = "OVIS_TEST_REDIS_URL"
 POSTGRES_URL_ENV = "OVIS_TEST_POSTGRES_URL"
-#: A database index of its own, flushed at session start, so other users of db 0 are left alone.
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/5"
+#: The server on which each session creates its databases (connecting to `test` only to create and drop them).
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: Databases the tests create are named ovis_test_<session>[_<test>], so that leftovers are easy to tell.
+DATABASE_PREFIX = "ovis_test_"
 
-_START_TIMEOUT_S = 30.0
+_START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
+#: How many ports a throwaway server tries before giving up, when another process took the port it was given.
+_PORT_TRIES = 5
+#: The lowest port free_port hands out, clear of the well-known and registered services of most machines.
+_LOWEST_PORT = 15000
 _CONNECT_TIMEOUT_S = 3
 # redis-py retries a refused connection with backoff for seconds by default; a probe wants the answer now.
 _NO_RETRY = Retry(NoBackoff(), retries=0)
@@ -56,11 +66,47 @@ def service_unavailable(service: str, reason: str, *, url_env: str | None = None
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing uses right now, picked at random below the ephemeral range.
+
+    The kernel hands out the ports of the ephemeral range to every outgoing connection: a port found free
+    there (bind to port 0) may carry some client's connection by the time a server binds it. Below that range
+    only servers take ports, and two test runs picking at random rarely pick the same one; a throwaway server
+    that loses that race anyway starts again on another port.
+    """
+    low = _ephemeral_range()[0]
+    for _ in range(200):
+        port = _LOWEST_PORT + secrets.randbelow(max(low - _LOWEST_PORT, 1))
+        if port < low and _bindable(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a machine with no room below the range
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux), or its usual default."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening(port: int) -> bool:
+    """Whether some process accepts connections on 127.0.0.1:`port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def redacted(url: str) -> str:
@@ -77,30 +123,55 @@ def libpq_dsn(sqlalchemy_url: str) -> str:
     return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-# -- the shared servers ------------------------------------------------------------------------------------
+# -- the session's servers ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of the shared Redis, on a database of the tests' own that is emptied at session start."""
-    url = os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+def session_tag() -> str:
+    """A name part that no other test session uses (databases, folders)."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the session's Redis: a throwaway redis-server of its own, or ``OVIS_TEST_REDIS_URL``.
+
+    A server of its own rather than a database number of a shared one: nothing another run publishes,
+    flushes or leaves behind reaches this one's workers.
+    """
+    given = os.environ.get(REDIS_URL_ENV)
+    if given:
+        _check_redis(given)
+        yield given
+        return
+    executable = shutil.which("redis-server")
+    if executable is None:
+        service_unavailable("Redis", "redis-server is not installed", url_env=REDIS_URL_ENV)
+    server = ThrowawayRedis(executable, tmp_path_factory.mktemp("redis"))
+    server.service = "the session's Redis"
+    try:
+        _start_or_give_up(server, server.start)
+        yield server.url
+    finally:
+        server.close()
+
+
+def _check_redis(url: str) -> None:
     client = redis.Redis.from_url(
         url, socket_connect_timeout=_CONNECT_TIMEOUT_S, socket_timeout=_CONNECT_TIMEOUT_S, retry=_NO_RETRY
     )
     error: redis.RedisError | None = None
     try:
-        # Messages left by an earlier, interrupted run would be consumed by this one's workers.
-        client.flushdb()
+        client.ping()
     except redis.RedisError as exc:
         error = exc
     finally:
         client.close()
     if error is not None:
         service_unavailable("Redis", f"{redacted(url)} does not answer ({error})", url_env=REDIS_URL_ENV)
-    return url
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """SQLAlchemy URL of the shared PostgreSQL's `test` database, from which tests create their own."""
+def postgres_server_url() -> str:
+    """SQLAlchemy URL of the PostgreSQL server the tests create their databases on (its `test` database)."""
     url = os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL
     error: psycopg.Error | None = None
     try:
@@ -114,17 +185,30 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_url: str, session_tag: str) -> Iterator[str]:
+    """SQLAlchemy URL of the session's own database, empty at the start, dropped at the end."""
+    with _database(postgres_server_url, f"{DATABASE_PREFIX}{session_tag}") as url:
+        yield url
+
+
 @pytest.fixture
-def pg_database(postgres_url: str) -> Iterator[str]:
+def pg_database(postgres_server_url: str, session_tag: str) -> Iterator[str]:
     """SQLAlchemy URL of a fresh, empty database of this test's own, dropped afterwards."""
-    name = f"ovis_test_{uuid.uuid4().hex[:16]}"
-    admin_dsn = libpq_dsn(postgres_url)
+    with _database(postgres_server_url, f"{DATABASE_PREFIX}{session_tag}_{uuid.uuid4().hex[:12]}") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _database(server_url: str, name: str) -> Iterator[str]:
+    """Create database `name` on the server, yield its SQLAlchemy URL, and drop it."""
+    admin_dsn = libpq_dsn(server_url)
     with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        # FORCE ends the connections a test's engines still hold (PostgreSQL 13+).
+        # FORCE ends the connections a test's engines (or a worker it killed) still hold (PostgreSQL 13+).
         with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -153,6 +237,7 @@ class ThrowawayServer:
         self.log_path = workdir / "server.log"
         self._run_as = run_as
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -169,13 +254,30 @@ class ThrowawayServer:
         raise NotImplementedError
 
     def answers(self) -> bool:
-        """True when the server accepts a client and runs a trivial command."""
+        """True when this server, not some other process on its port, accepts a client and runs a command."""
         raise NotImplementedError
 
     def start(self) -> None:
-        """Start the server (if it is not running) and wait until it answers."""
+        """Start the server (if it is not running) and wait until it answers.
+
+        The first start moves to another port when the one it was given was taken before the server bound it
+        (another test run picked it too); a restart keeps its port, as clients expect.
+        """
         if self.running:
             return
+        tries = 1 if self._started else _PORT_TRIES
+        for attempt in range(1, tries + 1):
+            try:
+                self._launch()
+            except ServerStartError:
+                if attempt == tries or not _listening(self.port):
+                    raise
+                self.port = free_port()
+            else:
+                self._started = True
+                return
+
+    def _launch(self) -> None:
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 self.command(),
@@ -267,7 +369,7 @@ class ThrowawayRedis(ThrowawayServer):
             host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=1, retry=_NO_RETRY
         )
         try:
-            return bool(client.ping())
+            return self._process is not None and client.info("server")["process_id"] == self._process.pid
         except redis.RedisError:
             return False
         finally:
@@ -333,10 +435,10 @@ class ThrowawayPostgres(ThrowawayServer):
     def answers(self) -> bool:
         try:
             with psycopg.connect(libpq_dsn(self.url), connect_timeout=1) as conn:
-                conn.execute("SELECT 1")
-            return True
+                row = conn.execute("SHOW data_directory").fetchone()
         except psycopg.Error:
             return False
+        return row is not None and Path(row[0]) == self.datadir
 
 
 def _postgres_bindir() -> Path | None:

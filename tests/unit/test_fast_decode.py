@@ -127,7 +127,7 @@ def test_requests_outside_the_limits_are_refused(model: Qwen3ForCausalLM) -> Non
         GreedyDecoder(model, attention="flash")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_cuda_graph_path_equals_the_eager_path(model: Qwen3ForCausalLM) -> None:
     gpu = Qwen3ForCausalLM(model.config).eval().cuda()
     gpu.load_state_dict(model.state_dict())

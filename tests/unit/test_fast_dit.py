@@ -21,7 +21,7 @@ def test_calls_off_cuda_run_the_function_itself() -> None:
     assert seen == [(2, 3), (4,)] and (graphed.captures, graphed.replays) == (0, 0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_replays_equal_plain_calls_per_signature() -> None:
     layer = torch.nn.Linear(16, 16).cuda()
 
@@ -42,7 +42,7 @@ def test_replays_equal_plain_calls_per_signature() -> None:
     assert graphed.captures == 4 and graphed.replays == 7
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_a_function_that_syncs_with_the_host_runs_plainly() -> None:
     def fn(x: torch.Tensor) -> torch.Tensor:
         return x * float(x.sum().item())
@@ -54,7 +54,7 @@ def test_a_function_that_syncs_with_the_host_runs_plainly() -> None:
     assert graphed.captures == 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_a_clean_function_is_captured_after_one_warm_up_run() -> None:
     runs: list[int] = []
 
@@ -68,7 +68,7 @@ def test_a_clean_function_is_captured_after_one_warm_up_run() -> None:
     assert (len(runs), graphed.captures, graphed.replays) == (2, 1, 2)  # one warm-up run, one capture
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_a_sync_in_the_first_run_only_is_forgiven_when_warmup_allows() -> None:
     def make() -> tuple[list[int], object]:
         runs: list[int] = []

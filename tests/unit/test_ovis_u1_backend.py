@@ -367,7 +367,7 @@ def test_fast_greedy_decoder_gives_the_official_captions(standin_dir: Path, tmp_
     assert "generate" not in vars(backend.model.llm)  # the LLM's own generate is back
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_generator_passes_from_cuda_graphs_equal_plain_passes(standin_dir: Path, tmp_path: Path) -> None:
     backend = _loaded(BackendOptions(model_path=str(standin_dir), device="cuda"), tmp_path)
     pipeline = backend._pipeline

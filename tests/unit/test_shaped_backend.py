@@ -98,7 +98,7 @@ def test_captions_prepared_ahead_equal_those_prepared_in_the_batch(backend: Shap
     assert backend.prepare(edit) is edit
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.cuda
 def test_dit_passes_from_cuda_graphs_equal_plain_passes() -> None:
     gpu = ShapedBackend(BackendOptions(device="cuda"), scale="tiny")
     gpu.load()
@@ -125,7 +125,7 @@ def _max_diff(a: Image.Image, b: Image.Image) -> int:
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
 def test_images_are_queued_without_waiting_for_the_gpu() -> None:
     gpu = ShapedBackend(BackendOptions(device="cuda"), scale="tiny")
     gpu.load()
@@ -143,7 +143,7 @@ def test_images_are_queued_without_waiting_for_the_gpu() -> None:
     assert [_max_diff(a, b) for a, b in zip(first, again, strict=True)] == [0, 0]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
 def test_pinned_staging_uploads_what_it_is_given_batch_after_batch() -> None:
     import numpy as np
 

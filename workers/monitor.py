@@ -14,32 +14,18 @@ SUCCESS with the chunk's counters.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from celery import Celery
+
+from workers.ledger import ChunkProgress
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVENT = "task-progress"
 
 
-class Progress(Protocol):
-    """What a chunk reports as it goes (workers.chunk.ChunkProgress)."""
-
-    job_id: str
-    start: int
-    stop: int
-    claimed: int
-    succeeded: int
-    failed: int
-    cancelled: int
-    model_s: float
-    elapsed_s: float
-    job_items: int
-    job_done: int
-
-
-def progress_fields(report: Progress) -> dict[str, Any]:
+def progress_fields(report: ChunkProgress) -> dict[str, Any]:
     """The fields of a progress event: the chunk's and the job's counts, the rate, and a line for people."""
     done = report.succeeded + report.failed + report.cancelled
     rate = done / report.elapsed_s if report.elapsed_s > 0 else 0.0
@@ -79,7 +65,7 @@ class TaskEvents:
         """Events need the task's id and the worker's name (a task called directly has neither)."""
         return bool(self.task_id and self.hostname)
 
-    def progress(self, report: Progress) -> None:
+    def progress(self, report: ChunkProgress) -> None:
         """Send a progress event. Only monitoring: a broker that is away must not fail the chunk."""
         if not self.enabled:
             return

@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import random
 from typing import Any
 
 from celery import Task
-from kombu.exceptions import OperationalError as KombuOperationalError
+from celery.utils.time import get_exponential_backoff_interval
 
 from jobs.broker import TASK_NAMES
 from jobs.dispatch import CeleryDispatcher
 from jobs.errors import Transient
 from jobs.lifecycle import JobKind
 from workers.celery_app import app
-from workers.chunk import ChunkInterrupted, ChunkProgress, run_chunk
+from workers.chunk import ChunkInterrupted, run_chunk
+from workers.monitor import TaskEvents
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-#: Backoff of transient faults: base * 2**retries seconds, capped, with full jitter.
-BACKOFF_BASE_S = 2.0
-BACKOFF_CAP_S = 120.0
+#: Backoff of transient faults: base * 2**retries seconds, capped, with full jitter (Celery's own).
+BACKOFF_BASE_S = 2
+BACKOFF_CAP_S = 120
 MAX_TRANSIENT_RETRIES = 20
 
 
 def backoff(retries: int) -> float:
     """Seconds to wait before the next try of a chunk that hit a transient fault."""
-    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries))
+    return float(get_exponential_backoff_interval(BACKOFF_BASE_S, retries, BACKOFF_CAP_S, full_jitter=True))
 
 
 def _runtime() -> WorkerRuntime:
@@ -52,17 +51,10 @@ class ChunkTask(Task):
     def run_kind(self, job_id: str, start: int, stop: int) -> dict[str, Any]:
         """Run the chunk; transient faults send it back with backoff."""
 
-        def progress(report: ChunkProgress) -> None:
-            # Flower shows the fields of task events: progress while a long chunk runs (throttled by the
-            # chunk). Only monitoring: a broker that is away must not fail a chunk whose results are recorded.
-            try:
-                done = report.succeeded + report.failed
-                self.send_event("task-progress", done=done, items=stop - start, **dataclasses.asdict(report))
-            except KombuOperationalError:
-                log.debug("progress event of job %s not sent: the broker is unavailable", job_id)
-
+        # Progress events under this task's id and worker name, sent from the chunk's bookkeeping thread.
+        events = TaskEvents(app, task_id=self.request.id, task_name=self.name, hostname=self.request.hostname)
         try:
-            outcome = run_chunk(_runtime(), self.kind, job_id, int(start), int(stop), progress)
+            outcome = run_chunk(_runtime(), self.kind, job_id, int(start), int(stop), events.progress)
         except ChunkInterrupted as exc:
             # Graceful stop: publish the chunk again before this message is acknowledged.
             raise self.retry(exc=exc, countdown=0, max_retries=None) from exc

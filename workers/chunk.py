@@ -66,9 +66,9 @@ def run_chunk(
     `progress` gets a report at most every `workers.ledger.PROGRESS_EVERY_S` seconds while results are
     recorded, and one when the chunk ends with items ended.
     """
-    runtime.liveness.chunk_started(kind.value, job_id, start, stop)
     ledger = Ledger(runtime, kind, job_id, range(start, stop), progress)
     chunk = _Chunk(runtime, kind, job_id, start, stop, ledger)
+    runtime.liveness.chunk_started(kind.value, job_id, start, stop)
     try:
         chunk.run()
     finally:
@@ -110,18 +110,7 @@ class _Chunk:
                 return
             items = sorted([*claim.items, *self._take_read_ahead(claim.items)], key=lambda item: item.seq)
             if items and not claim.cancelled:
-                job = _Job(
-                    claim,
-                    Inputs(
-                        self.rt,
-                        self.kind,
-                        self.job_id,
-                        params=claim.params,
-                        output_url=claim.output_url,
-                        reuse_outputs=claim.reuse_outputs,
-                    ),
-                    MicroBatches(self.rt, self.kind, self.job_id, claim.output_url),
-                )
+                job = self._job(claim)
                 self._process(job, items)
                 # With no queued item left in the job, no later chunk of it may come to this worker: what
                 # this chunk claimed ahead runs now rather than wait for one.
@@ -129,7 +118,7 @@ class _Chunk:
                     self._process(job, self._take_read_ahead([]))
             self.ledger.finish(self.outcome.model_s)
         except DB_ERRORS as exc:
-            self.ledger.release(self.outcome.model_s)  # when the database is back already; else leases expire
+            self.ledger.release(self.outcome.model_s)  # now if the database is back, else once it is
             raise errors.DatabaseUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc
         except ChunkInterrupted:
             self.ledger.release(self.outcome.model_s, stopping=True)
@@ -160,6 +149,18 @@ class _Chunk:
                 o.bookkeeping_wait_s,
                 extra={"job_id": self.job_id},
             )
+
+    def _job(self, claim: Claim) -> _Job:
+        """What the chunk runs its items with, from what the claim read of the job."""
+        inputs = Inputs(
+            self.rt,
+            self.kind,
+            self.job_id,
+            params=claim.params,
+            output_url=claim.output_url,
+            reuse_outputs=claim.reuse_outputs,
+        )
+        return _Job(claim, inputs, MicroBatches(self.rt, self.kind, self.job_id, claim.output_url))
 
     def _take_read_ahead(self, claimed: list[ClaimedItem]) -> list[ClaimedItem]:
         """Take what the read-ahead holds for this chunk; return the items it claimed ahead for this worker,

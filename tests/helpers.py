@@ -1,4 +1,4 @@
-"""Shared test helpers: sample photos, settings for a temporary home, corrupt files."""
+"""Shared test helpers: sample photos, settings for a temporary home, the migrations' round trip."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from PIL import Image
+from sqlalchemy import create_engine, inspect
 
+from jobs.db import downgrade, upgrade
+from jobs.models import Base
 from jobs.settings import Settings
 
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
@@ -43,3 +48,20 @@ def embedded_settings(home: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def check_migrations_round_trip(url: str) -> None:
+    """Migrate the empty database at `url` up, down to nothing and up again; the models match the schema."""
+    upgrade(url)
+    engine = create_engine(url)
+    try:
+        assert {"jobs", "items", "alembic_version"} <= set(inspect(engine).get_table_names())
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+        downgrade(url, "base")
+        assert not {"jobs", "items"} & set(inspect(engine).get_table_names())
+        upgrade(url)
+        assert {"jobs", "items"} <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

@@ -393,17 +393,6 @@ def test_worker_killed_while_its_chunks_wait_for_a_retry(
     assert (outcome.completed, outcome.failed) == (8, 0)
 
 
-def test_transient_retries_back_off_exponentially_with_full_jitter() -> None:
-    from workers.tasks import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff
-
-    for retries in range(10):
-        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries)
-        delays = [backoff(retries) for _ in range(400)]
-        assert all(0 <= delay <= ceiling for delay in delays)
-        # Spread over the whole window, so that workers retrying together do not stampede again.
-        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling
-
-
 def test_sigterm_mid_chunk_hands_work_back(
     stack: Stack, records: Records, start_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_items_claimed_ahead_are_handed_back_and_published_again(
     tmp_path: Path, pg_database: str, redis_url: str
 ) -> None:
     upgrade(pg_database)
-    queue = f"handback{tmp_path.name[-8:]}"
+    queue = f"handback{uuid.uuid4().hex[:12]}"  # its own, on a Redis another run may share
     settings = embedded_settings(
         tmp_path,
         database_url=pg_database,

@@ -4,6 +4,7 @@ once it is all in, status from the job row, and a full export."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_a_large_manifest_streams_into_postgresql_and_redis(
     tmp_path: Path, pg_database: str, redis_url: str
 ) -> None:
     upgrade(pg_database)
-    queue = f"scale{tmp_path.name[-8:]}"
+    queue = f"scale{uuid.uuid4().hex[:12]}"  # its own, on a Redis another run may share
     settings = _settings(tmp_path, pg_database, redis_url, queue)
     manifest = tmp_path / "m.jsonl"
     with manifest.open("w") as out:

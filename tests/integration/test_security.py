@@ -1,7 +1,7 @@
 """Security with real processes and services: JSON-only messages, confined inputs (on every read), inputs that
 cannot stop or stall a worker, chunks refused when their task is of another kind than their job, secrets kept
 out of the database, the broker and the logs, Flower behind authentication, password-protected Redis and
-PostgreSQL, TLS URLs."""
+PostgreSQL (TLS URLs and secrets in settings: tests/unit/test_settings_secrets.py)."""
 
 from __future__ import annotations
 
@@ -24,15 +24,13 @@ import pytest
 import redis
 from kombu import Connection
 from psycopg import sql
-from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
-from jobs.broker import TASK_NAMES, broker_priority, make_celery, queue_for
-from jobs.db import alembic_config, get_engine
+from jobs.broker import TASK_NAMES, make_celery, queue_for
 from jobs.lifecycle import JobKind
 from jobs.settings import Settings
 from tests.helpers import sample_photo
-from tests.plugins.services import ThrowawayPostgres, ThrowawayRedis, libpq_dsn
+from tests.plugins.services import ThrowawayPostgres, ThrowawayRedis, free_port, libpq_dsn
 from tests.plugins.workers import BIN, Stack, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -499,13 +497,9 @@ def test_flower_refuses_to_listen_beyond_localhost_without_auth(stack: Stack) ->
 
 
 def test_flower_with_auth_on_all_interfaces_answers_401(stack: Stack, tmp_path: Path) -> None:
-    import socket
-
     import requests
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     env = dict(stack.env, OVIS_BATCH_FLOWER_BASIC_AUTH="admin:flower-secret")
     with open(tmp_path / "flower.log", "wb") as log:
         process = subprocess.Popen(
@@ -532,39 +526,3 @@ def test_flower_with_auth_on_all_interfaces_answers_401(stack: Stack, tmp_path: 
     finally:
         process.terminate()
         process.wait(20)
-
-
-# -- TLS and passwords in URLs -------------------------------------------------------------------------------
-def test_tls_and_password_urls_parse_into_the_configuration() -> None:
-    settings = Settings(
-        broker_url="rediss://:p%40ss@redis.example.com:6380/0?ssl_cert_reqs=required",
-        database_url="postgresql://ovis:pw%25x@db.example.com:5432/ovis?sslmode=require",
-    )
-    connection = make_celery(settings).connection_for_write()
-    assert (connection.transport_cls, connection.hostname, connection.port) == (
-        "rediss",
-        "redis.example.com",
-        6380,
-    )
-    assert connection.password == "p@ss" and connection.ssl
-    assert connection.as_uri() == "rediss://:**@redis.example.com:6380/0"
-    assert broker_priority(settings, 9) == 0  # a TLS Redis is still Redis: priorities reversed
-    engine = get_engine(settings.resolved_database_url)
-    _, connect = engine.dialect.create_connect_args(engine.url)
-    assert (connect["sslmode"], connect["password"], connect["host"]) == ("require", "pw%x", "db.example.com")
-    assert "pw%x" not in engine.url.render_as_string(hide_password=True)
-    # Alembic's configuration interpolates "%": the URL it gets must still hold the same password.
-    assert alembic_config(settings.resolved_database_url).get_main_option("sqlalchemy.url") == (
-        "postgresql+psycopg://ovis:pw%25x@db.example.com:5432/ovis?sslmode=require"
-    )
-    print("SECURITY TLS: rediss:// with ssl_cert_reqs and postgresql ?sslmode=require parse into the config")
-
-
-def test_secrets_do_not_show_in_settings_repr() -> None:
-    settings = Settings(
-        s3_access_key_id="ak",
-        s3_secret_access_key=SecretStr("s3-shh"),
-        flower_basic_auth=SecretStr("u:flower-shh"),
-    )
-    assert "s3-shh" not in repr(settings) and "flower-shh" not in repr(settings)
-    assert "s3-shh" not in repr(settings.s3_options())

@@ -1,5 +1,5 @@
 """Read-ahead: a chunk prepares the first micro-batch of the job's next items; the next chunk takes what it
-claimed of them and fetches the rest (SQLite and PostgreSQL, local files, the torch-free backend)."""
+claimed of them and fetches the rest (SQLite, local files, the torch-free backend)."""
 
 from __future__ import annotations
 
@@ -106,10 +106,11 @@ def _results(runner: EmbeddedRunner, job_id: str) -> list[tuple[str, str, str | 
     return [(i.key, i.status, i.output, i.attempts) for i in _items(runner, job_id)]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Empty for the embedded SQLite file, else a fresh PostgreSQL database."""
-    return "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
+@pytest.fixture
+def database_url() -> str:
+    """Empty: the embedded SQLite file (tests/integration/test_chunk_readahead_postgresql.py runs the tests
+    that take this fixture on PostgreSQL)."""
+    return ""
 
 
 def test_the_next_chunk_takes_its_first_micro_batch_from_the_read_ahead(

@@ -58,6 +58,8 @@ class MicroBatches:
         return results
 
     def _run(self, prepared: list[Prepared], results: Results) -> None:
+        # The watchdog blames a stall on the items in the model (workers/watchdog.py).
+        self.rt.liveness.model_started([p.item.seq for p in prepared])
         try:
             outputs = self._call([p.request for p in prepared if p.request is not None])
         except BackendOutOfMemory as exc:
@@ -104,6 +106,12 @@ class MicroBatches:
                 results.outputs[p.item.seq] = self.rt.io_pool.submit(self._upload, key, output)
 
     def _call(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
+        try:
+            return self._call_backend(requests)
+        finally:
+            self.rt.liveness.model_ended()
+
+    def _call_backend(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
         backend = self.rt.backend
         outputs: Sequence[str | Image.Image]
         if self.kind is JobKind.CAPTION:

@@ -68,7 +68,7 @@ def run_chunk(
     """
     ledger = Ledger(runtime, kind, job_id, range(start, stop), progress)
     chunk = _Chunk(runtime, kind, job_id, start, stop, ledger)
-    runtime.liveness.chunk_started(kind.value, job_id, start, stop)
+    runtime.liveness.chunk_started(kind.value, job_id, start, stop, ledger.hand_back_stalled)
     try:
         chunk.run()
     finally:

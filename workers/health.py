@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class Running:
     start: int
     stop: int
     since: float
+    #: Hands the chunk's items back after a stall, given the items in the model then (their attempt stays).
+    hand_back: Callable[[frozenset[int]], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,18 @@ class Liveness:
         self._chunks_done = 0
         self._in_model: frozenset[int] = frozenset()
 
-    def chunk_started(self, kind: str, job_id: str, start: int, stop: int) -> None:
-        """A chunk starts: beats are expected from now on."""
+    def chunk_started(
+        self,
+        kind: str,
+        job_id: str,
+        start: int,
+        stop: int,
+        hand_back: Callable[[frozenset[int]], None] | None = None,
+    ) -> None:
+        """A chunk starts: beats are expected from now on; `hand_back` gives its items back if it stalls."""
         now = time.monotonic()
         with self._lock:
-            self._running = Running(kind, job_id, start, stop, now)
+            self._running = Running(kind, job_id, start, stop, now, hand_back)
             self._beat = now
 
     def beat(self) -> None:

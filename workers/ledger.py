@@ -60,6 +60,9 @@ LEASE_RENEW_SHARE = 0.1
 #: database per micro-batch would set (bench/pipeline_overhead.py).
 CANCEL_CHECK_S = 0.2
 
+#: How long the watchdog waits for the bookkeeping thread to hand a stalled chunk's items back.
+STALL_HAND_BACK_S = 30.0
+
 #: Least seconds between two progress reports of a chunk; its end makes one whatever the time.
 PROGRESS_EVERY_S = 1.0
 
@@ -184,6 +187,12 @@ class Ledger:
     def release(self, model_s: float, *, stopping: bool = False) -> None:
         """Hand the items the chunk still holds back to the queue (a fault, or the worker `stopping`)."""
         self._executor.submit(self._book.release, model_s, stopping).result()
+
+    def hand_back_stalled(self, in_model: frozenset[int], timeout: float = STALL_HAND_BACK_S) -> None:
+        """From the watchdog's thread: hand every item the chunk holds back and publish them again, the
+        attempts it counted taken back except for the items in the model when it stalled. TimeoutError when
+        the bookkeeping thread does not get to it in `timeout` seconds."""
+        self._executor.submit(self._book.hand_back_stalled, in_model).result(timeout)
 
     def reap(self) -> None:
         """Raise the error of a write that failed (the database is down) without waiting for the others."""
@@ -419,6 +428,13 @@ class _Book:
             with contextlib.suppress(*DB_ERRORS), self._transaction() as session:
                 report = self._report(session, model_s)
             self._send(report)
+
+    def hand_back_stalled(self, in_model: frozenset[int]) -> None:
+        held = sorted(self.open)
+        self.rt.hand_back(
+            self.job_id, self.kind.value, self.priority, held, uncount=self.started - in_model, publish=held
+        )
+        self.open.clear()
 
     def close(self) -> Tally:
         _close_quietly(self.writer)

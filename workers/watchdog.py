@@ -135,16 +135,26 @@ class Watchdog:
             extra={"job_id": running.job_id},
         )
         try:
-            seqs, priority = _running_seqs(self.runtime, running)
-            if seqs:
-                # Attempts stay counted: an input that hangs the model every time ends quarantined, and
-                # every item tried before runs alone next time.
-                self.runtime.hand_back(running.job_id, running.kind, priority, seqs, uncount=(), publish=seqs)
+            self._hand_back(running, in_model)
         except Exception:
             log.error("could not hand the stalled chunk's items back; their leases expire", exc_info=True)
         finally:
             logging.shutdown()
             self._exit(EXIT_STALLED)
+
+    def _hand_back(self, running: Running, in_model: frozenset[int]) -> None:
+        # The chunk's ledger knows which attempts it counted: only the items in the hung model call keep
+        # theirs, so an input that hangs the model every time ends quarantined and its neighbours do not. When
+        # the ledger's thread is the one stuck (the database hangs), every attempt stays counted.
+        if running.hand_back is not None:
+            try:
+                running.hand_back(in_model)
+                return
+            except TimeoutError:
+                log.error("the chunk's bookkeeping does not answer; handing its items back directly")
+        seqs, priority = _running_seqs(self.runtime, running)
+        if seqs:
+            self.runtime.hand_back(running.job_id, running.kind, priority, seqs, uncount=(), publish=seqs)
 
 
 def start_watchdog(runtime: WorkerRuntime, stall_timeout_s: float) -> Watchdog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,24 @@ class Recorded(Liveness):
         self.started: list[tuple[str, str, int, int]] = []
         self.ended = 0
         self.beats: Counter[str] = Counter()
+        self.model_calls: list[list[int]] = []
+        self.hand_backs: list[Callable[[frozenset[int]], None] | None] = []
 
-    def chunk_started(self, kind: str, job_id: str, start: int, stop: int) -> None:
+    def chunk_started(
+        self,
+        kind: str,
+        job_id: str,
+        start: int,
+        stop: int,
+        hand_back: Callable[[frozenset[int]], None] | None = None,
+    ) -> None:
         self.started.append((kind, job_id, start, stop))
-        super().chunk_started(kind, job_id, start, stop)
+        self.hand_backs.append(hand_back)
+        super().chunk_started(kind, job_id, start, stop, hand_back)
+
+    def model_started(self, seqs: Collection[int]) -> None:
+        self.model_calls.append(sorted(seqs))
+        super().model_started(seqs)
 
     def beat(self) -> None:
         self.beats[threading.current_thread().name.rsplit("_", 1)[0]] += 1
@@ -68,8 +83,12 @@ def test_a_chunk_beats_at_every_step_of_its_micro_batches(runner: EmbeddedRunner
     assert liveness.beats["ovis-record"] >= batches + 2
     # The I/O threads: each group of items prepared.
     assert liveness.beats["ovis-io"] >= batches
+    # Each micro-batch's items were in the model in turn (what a stall is blamed on), and the chunk can be
+    # handed back by the watchdog.
+    assert liveness.model_calls == [list(range(b, b + BATCH)) for b in range(0, CHUNK, BATCH)]
+    assert liveness.hand_backs[0] is not None
     snapshot = liveness.snapshot()
-    assert (snapshot.running, snapshot.chunks_done) == (None, 1)
+    assert (snapshot.running, snapshot.chunks_done, snapshot.in_model) == (None, 1, frozenset())
 
 
 def test_a_chunk_that_ends_early_still_says_it_ended(runner: EmbeddedRunner) -> None:

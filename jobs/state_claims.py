@@ -7,6 +7,7 @@ Every statement that changes an item's status takes the states it may move out o
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,8 @@ from jobs.lifecycle import ItemStatus
 from jobs.models import Item
 from jobs.state_jobs import start_job
 from jobs.state_moves import ITEMS, is_postgresql, items_movable, move_counters, now, rowcount, transition
+
+log = logging.getLogger(__name__)
 
 _C = ITEMS.c
 _QUEUED, _RUNNING, _FAILED = ItemStatus.QUEUED, ItemStatus.RUNNING, ItemStatus.FAILED
@@ -154,7 +157,17 @@ def claim_items(
     )
     poison = {**where, "max_attempts": max_attempts, "message": message}
     for source, stmt in _POISON_STATEMENTS:
-        move_counters(session, job_id, source, _FAILED, rowcount(session.execute(stmt, poison)))
+        poisoned = rowcount(session.execute(stmt, poison))
+        move_counters(session, job_id, source, _FAILED, poisoned)
+        if poisoned:
+            log.warning(
+                "%d items of job %s quarantined as %s: %s",
+                poisoned,
+                job_id,
+                POISONED,
+                message,
+                extra={"job_id": job_id},
+            )
     claim = {**where, "b_worker": worker, "b_lease_until": t + timedelta(seconds=lease_seconds)}
     # Expired items stay running: no counter moves for them.
     items = [ClaimedItem(*row) for row in session.execute(_CLAIM_EXPIRED, claim).all()]

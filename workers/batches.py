@@ -7,7 +7,6 @@ fails, and out-of-memory halves the micro-batch on the same worker until it fits
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 import storage
-from gpu_model import BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
+from gpu_model import BackendInvalidRequest, BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
 from jobs import errors
 from jobs.keys import output_key
 from jobs.lifecycle import JobKind
@@ -64,10 +63,15 @@ class MicroBatches:
             outputs = self._call([p.request for p in prepared if p.request is not None])
         except BackendOutOfMemory as exc:
             if len(prepared) == 1:
-                results.failures[prepared[0].item.seq] = (
+                item = prepared[0].item
+                log.warning(
+                    "item %s of job %s failed: %s: out of memory at batch 1",
+                    item.key,
+                    self.job_id,
                     errors.OUT_OF_MEMORY,
-                    f"out of memory at batch 1: {exc}",
+                    extra={"job_id": self.job_id, "item_id": item.key},
                 )
+                results.failures[item.seq] = (errors.OUT_OF_MEMORY, f"out of memory at batch 1: {exc}")
                 return
             half = len(prepared) // 2
             log.warning(
@@ -88,14 +92,14 @@ class MicroBatches:
                     self._run([one], results)
                 return
             item = prepared[0].item
-            log.error(
-                "item %s of job %s failed:\n%s",
-                item.key,
-                self.job_id,
-                traceback.format_exc(),
-                extra={"job_id": self.job_id, "item_id": item.key},
-            )
+            fields = {"job_id": self.job_id, "item_id": item.key}
             code = getattr(exc, "error_code", errors.INTERNAL_ERROR)
+            if isinstance(exc, BackendInvalidRequest):  # the request, not the system: one line, no traceback
+                log.warning(
+                    "item %s of job %s failed: %s: %s", item.key, self.job_id, code, exc, extra=fields
+                )
+            else:
+                log.error("item %s of job %s failed", item.key, self.job_id, exc_info=True, extra=fields)
             results.failures[item.seq] = (code, f"{exc.__class__.__name__}: {exc}")
             return
         for p, output in zip(prepared, outputs, strict=True):

@@ -351,6 +351,13 @@ class _Book:
                 outputs[seq] = value if isinstance(value, str) else value.result()
             except storage.StorageError as exc:  # refused for good (access, bucket): that item fails
                 failures[seq] = (exc.error_code, f"writing the output failed: {exc}")
+                log.warning(
+                    "an output of job %s was not written: %s: %s",
+                    self.job_id,
+                    exc.error_code,
+                    exc,
+                    extra={"job_id": self.job_id},
+                )
         started = time.perf_counter()
         prints = results.fingerprints
         with self._transaction() as session:

@@ -44,7 +44,7 @@ DEFAULT_CAPTION_PROMPT = (
     "relationships of the objects."
 )
 #: Detailed captions run 100-350 tokens; 512 leaves room and bounds a runaway greedy row, which holds its
-#: whole micro-batch (512 decode steps is ~45 s at ~86 ms/step, the official 4096 would be ~6 min).
+#: whole micro-batch for every step it takes (the official 4096 would hold it eight times as long).
 DEFAULT_CAPTION_MAX_NEW_TOKENS = 512
 
 # Limits the backend validates against before any model work.
@@ -66,8 +66,8 @@ MAX_SEED = 2**64 - 1
 #: bfloat16 is the official one; float32 serves exact comparisons in tests.
 SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MAX_BATCH: dict[str, int] = {"caption": 64, "generate": 1, "edit": 1}
-#: Captions per micro-batch on CUDA, where the fast greedy decoder makes large batches pay (measured on an
-#: H200 with the Ovis-U1-shaped model: 35 captions/s at 64, 50 at 256; bench/results/).
+#: Captions per micro-batch on CUDA, where the fast greedy decoder makes large batches pay (see
+#: bench/gpu_throughput.py, which times caption batches side by side with `--caption-batches`).
 FAST_CAPTION_BATCH = 256
 DEFAULTS: dict[str, dict[str, Any]] = {
     "caption": {

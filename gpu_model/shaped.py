@@ -130,8 +130,9 @@ class HostImage:
 class PinnedStaging:
     """A pinned host buffer that micro-batches of images are stacked into and copied to the GPU from.
 
-    Stacking a caption micro-batch (512 images, ~300 MB) into fresh memory page-faults all of it every time;
-    in a worker whose I/O threads decode meanwhile, that took 0.8 s of the model's thread per micro-batch.
+    Stacking a caption micro-batch (512 images, ~300 MB) into fresh memory page-faults all of it every time,
+    on the model's thread, while the worker's I/O threads decode beside it (the model's share of each chunk
+    in bench/gpu_throughput.py's system run shows it).
     The buffer is faulted in once, reused (after the copy out of it has landed) and grows to the largest
     micro-batch seen.
     """

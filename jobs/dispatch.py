@@ -34,9 +34,9 @@ class CeleryDispatcher:
     def bulk_app(self) -> Celery:
         """The app bulk publishing goes through: the same broker, without a "task-sent" event per chunk.
 
-        A million-item job is 15,625 chunks: their sent events would cost a third of the publishing time and
-        flood Flower's task list (10,000 tasks by default) with pending chunks; workers still report every
-        chunk they receive, start and finish.
+        A million-item job is thousands of chunks: an event for each would add to the publishing (see
+        bench/submit_scale.py) and flood Flower's task list (10,000 tasks by default) with pending chunks;
+        workers still report every chunk they receive, start and finish.
         """
         if self._bulk_app is None:
             self._bulk_app = make_celery(self.settings)
@@ -44,9 +44,8 @@ class CeleryDispatcher:
         return self._bulk_app
 
     def prepare(self) -> None:
-        """Make the first publish cheap: load the broker transport's code and open a pooled connection
-        (together 20-150 ms in a fresh process), so that a submission's first chunks go out as soon as their
-        batch commits."""
+        """Make the first publish cheap: load the broker transport's code and open a pooled connection while
+        the source is still being read, so that publishing the chunks once it is checked waits for neither."""
         with self.bulk_app.producer_or_acquire() as producer:
             producer.connection.default_channel  # noqa: B018 - connects; released to the pool open
 
@@ -61,8 +60,8 @@ class CeleryDispatcher:
         app = self.bulk_app
         with app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
             for index, (start, stop) in enumerate(ranges):
-                # The first message declares the queue; checking that again for every message would cost a
-                # fifth of the publishing time of a million-item job.
+                # The first message declares the queue; declaring it again for every message would repeat that
+                # work for each of a large job's thousands of chunks (see bench/submit_scale.py).
                 declare: list[Any] | None = None if index == 0 else []
                 self._publish(app, kind, job_id, start, stop, priority, producer, declare)
 

@@ -110,8 +110,9 @@ class Item(Base):
         ),
     )
 
-    #: The job's id. Deliberately no foreign key: PostgreSQL checks one per inserted row, which doubled the
-    #: cost of a bulk submission; items are only written by submission and deleted with their job explicitly.
+    #: The job's id. Deliberately no foreign key: PostgreSQL checks one per inserted row, a large part of a
+    #: bulk submission's COPY (bench/submit_scale.py); items are only written by submission and deleted with
+    #: their job explicitly.
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     #: Position in the job's source, 0-based.
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -114,7 +114,7 @@ def chunk_ranges(seqs: Iterable[int], size: int) -> list[tuple[int, int]]:
 
 
 class _BatchWriter:
-    """Inserts batches of one job, keeps its counters, and publishes each batch's chunks once committed.
+    """Inserts batches of one job, keeps its counters, and publishes the job's chunks once all are in.
 
     Several batches are written at once, each on its own connection: PostgreSQL's work per row is as large
     as the parsing's, and two backends keep both cores busy.

@@ -75,8 +75,8 @@ class S3Options:
     #: Sized for the loader and writer threads of one worker, which all share one client.
     max_pool_connections: int = 32
     #: Attempts per request, the first one included; botocore's "standard" mode backs off between them
-    #: (throttling included). Its "adaptive" mode adds a client-side rate limiter to every request: 5-8%
-    #: more client CPU per GET and fewer GETs per second against a local S3 server.
+    #: (throttling included). Its "adaptive" mode adds a client-side rate limiter to every request, which
+    #: costs client CPU on every GET and lowers the GET rate (bench/pipeline_overhead.py --storage s3).
     max_attempts: int = 5
     #: Files above this size go up in parts, several at a time.
     multipart_threshold_mb: int = 64

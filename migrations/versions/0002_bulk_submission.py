@@ -25,10 +25,11 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("n_skipped", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("source_options", sa.JSON(), nullable=True))
-    # Every item of a new job is queued: leaving queued (and succeeded) items out of the status index spares
-    # a bulk submission a third of its index maintenance.
+    # Every item of a new job is queued: with queued (and succeeded) items left out of the status index, a
+    # bulk submission adds no entry to it.
     op.drop_index("ix_items_job_id_status", table_name="items")
-    # The foreign key's per-row check doubled the cost of COPY; items are deleted with their job explicitly.
+    # The foreign key is checked per inserted row, a large part of a bulk COPY (bench/submit_scale.py); items
+    # are deleted with their job explicitly.
     with op.batch_alter_table("items", schema=None) as batch_op:
         batch_op.drop_constraint("fk_items_job_id_jobs", type_="foreignkey")
     op.create_index(

@@ -1,11 +1,11 @@
 """Greedy batched decoding for Hugging Face causal LMs: a static KV cache and one CUDA graph per decode step.
 
 Stock `generate` is bound by host time per decode step (Python and one launch per kernel) whatever the
-batch, so large batches barely help. Here the prompt (as `inputs_embeds`, so multimodal models work) is prefilled once into a
-preallocated `StaticCache`; each later step (model forward, argmax, EOS and per-row limits, state advance) is
-captured once as a CUDA graph and replayed, with no host sync inside the loop but a check every
-`check_every` steps for an early stop. On the CPU the same step runs eagerly, which is what the unit tests
-compare against `generate`.
+batch, so large batches barely help. Here the prompt (as `inputs_embeds`, so multimodal models work) is
+prefilled once into a preallocated `StaticCache`; each later step (model forward, argmax, EOS and per-row
+limits, state advance) is captured once as a CUDA graph and replayed, with no host sync inside the loop but a
+check every `check_every` steps for an early stop. On the CPU the same step runs eagerly, which is what the
+unit tests compare against `generate`.
 
 Works on any causal LM whose forward takes `inputs_embeds`, `attention_mask`, `position_ids`,
 `cache_position` and a `StaticCache` (Llama, Qwen2/3 and their relatives in transformers 4.4x/4.5x). Decode

@@ -4,8 +4,8 @@
     python bench/report.py --check    # exits 1 when bench/RESULTS.md is not what the files give
 
 One row per result file, grouped by benchmark, each linked to its file. A file is read as its benchmark
-wrote it: never changed, never merged with another into one row. What a file says about itself (its
-`provenance`, `note`, `errors`, `smoke`) is quoted under its benchmark's table.
+wrote it: never changed, never merged with another into one row. Its `errors` and `smoke` fields are quoted
+under its benchmark's table; free text a file carries (`note`, `provenance`) is left in the file.
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ COLUMNS: dict[str, list[tuple[str, Getter]]] = {
 }
 
 #: Top-level fields that say what a file is rather than what it measured: quoted under the table.
-NOTE_FIELDS = ("note", "provenance", "errors", "smoke")
+NOTE_FIELDS = ("errors", "smoke")
+#: Free text a file may carry: neither a column nor quoted.
+TEXT_FIELDS = ("note", "provenance")
 #: Longer text than this goes under the table, not in a cell.
 CELL_CHARS = 60
 
@@ -133,7 +135,8 @@ def scalar_columns(results: Sequence[Result]) -> list[tuple[str, Getter]]:
         for name, value in result.data.items():
             short = not isinstance(value, str) or len(value) <= CELL_CHARS
             plain = not isinstance(value, dict | list)
-            if plain and short and name not in ("bench", "date", *NOTE_FIELDS) and name not in names:
+            quoted = ("bench", "date", *NOTE_FIELDS, *TEXT_FIELDS)
+            if plain and short and name not in quoted and name not in names:
                 names.append(name)
     return [(name, field(name)) for name in names]
 
@@ -171,7 +174,7 @@ def notes(result: Result) -> list[str]:
         else:
             lines.append(f"{name}: {text(value)}")
     for name, value in result.data.items():
-        if isinstance(value, str) and len(value) > CELL_CHARS and name not in NOTE_FIELDS:
+        if isinstance(value, str) and len(value) > CELL_CHARS and name not in (*NOTE_FIELDS, *TEXT_FIELDS):
             lines.append(f"{name}: {value}")
     return lines
 

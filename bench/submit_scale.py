@@ -28,6 +28,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.raw_result import write_result
 from jobs.api import Client
 from jobs.db import dispose_engines, upgrade
 from jobs.lifecycle import JobKind
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="items per chunk message (default: the product's default)"
     )
+    parser.add_argument("--no-save", action="store_true", help="print only; write no file to bench/results/")
     args = parser.parse_args()
 
     name = f"ovis_bench_{uuid.uuid4().hex[:10]}"
@@ -133,6 +135,8 @@ def main() -> None:
         dispose_engines()
         with psycopg.connect(args.postgres, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    if not args.no_save:
+        print(f"wrote {write_result('submit_scale', result)}", file=sys.stderr)
     print(json.dumps(result))
 
 

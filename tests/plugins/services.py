@@ -126,7 +126,7 @@ def libpq_dsn(sqlalchemy_url: str) -> str:
 # -- the session's servers ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def session_tag() -> str:
-    """A name part that no other test session uses (databases, folders)."""
+    """A name part that no other test session uses: its databases carry it."""
     return uuid.uuid4().hex[:12]
 
 

@@ -97,6 +97,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class _NoFolderBrokerHost(logging.Filter):
+    """Drops kombu's warning that a URL has no host name: the embedded folder broker (`filesystem://`) never
+    has one, so it would be printed by every command that talks to it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No hostname was supplied")
+
+
+_FOLDER_BROKER_FILTER = _NoFolderBrokerHost()
+
+
 class _ProjectHandler(logging.StreamHandler):
     """The root handler configure_logging installs (told apart from handlers others add, such as pytest's)."""
 
@@ -118,6 +129,9 @@ def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text"
     root.addHandler(handler)
     for name, quieter in QUIETER.items():  # at DEBUG, everything shows
         logging.getLogger(name).setLevel(quieter if root.level > logging.DEBUG else logging.NOTSET)
+    kombu_connection = logging.getLogger("kombu.connection")
+    if _FOLDER_BROKER_FILTER not in kombu_connection.filters:
+        kombu_connection.addFilter(_FOLDER_BROKER_FILTER)
     logging.captureWarnings(True)
     signals.setup_logging.connect(_keep_logging, weak=False, dispatch_uid="ovis-batch-logging")
 

@@ -86,8 +86,16 @@ def test_a_busy_worker_is_online_answers_ping_and_shows_its_running_task_with_pr
     )
     assert _job(stack, job_id)["status"] != "succeeded" and all(seen.values()), seen
 
-    # The chunk's end: the task succeeded with its counters and model seconds.
-    wait_for(lambda: _job(stack, job_id)["status"] == "succeeded", 120, "the job did not finish")
+    # Online throughout: every sample of Flower's worker status until the chunk ends says so.
+    samples: list[bool] = []
+
+    def sampled_until_the_end() -> bool:
+        status = requests.get(f"{flower}/api/workers?status=1", auth=AUTH, timeout=10).json()
+        samples.append(status.get(node) is True)
+        return _job(stack, job_id)["status"] == "succeeded"
+
+    wait_for(sampled_until_the_end, 120, "the job did not finish")
+    assert samples and all(samples), f"offline in {samples.count(False)} of {len(samples)} samples"
 
     def succeeded() -> list[dict[str, Any]]:
         return [t for t in _tasks_of(flower, job_id) if t["state"] == "SUCCESS"]
@@ -119,7 +127,15 @@ def test_a_worker_whose_model_call_hangs_is_reported_restarted_and_the_input_qua
     prompts = ["first", "second HANGS-THE-MODEL", "third", "fourth", "fifth", "sixth"]
     # A supervisor over one GPU slot: it starts the worker again each time the watchdog ends it.
     supervisor = start_worker("--gpus", "0", env=env)
+    node = f"ovis-gpu0@{socket.gethostname()}"
+    assert stack.cli("ping", "--node", node, check=False).returncode == 0  # idle: live
     job_id = _submit(stack, prompts, chunk_size=4)
+    # While the model call hangs, ping fails: the worker says it is stalled, or no longer answers.
+    wait_for(
+        lambda: stack.cli("ping", "--node", node, "--timeout", "2", check=False).returncode != 0,
+        120,
+        "ping never failed for the hung worker",
+    )
     wait_for(lambda: _job(stack, job_id)["status"] == "partial", 180, "the job did not end")
     items = {
         row["text"]: row
@@ -133,4 +149,5 @@ def test_a_worker_whose_model_call_hangs_is_reported_restarted_and_the_input_qua
     assert all(row["status"] == "succeeded" and row["attempts"] == 1 for row in items.values()), items
     log = supervisor.text()
     assert log.count("stalled: no progress") >= 2, log[-4000:]
+    assert "job " + job_id in log[log.index("stalled: no progress") :].splitlines()[0]
     assert f"exited with {EXIT_STALLED}; restarting" in log, log[-4000:]

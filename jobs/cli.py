@@ -43,6 +43,15 @@ InputOpt = typer.Option(
 SeedOpt = typer.Option(42, help="Job seed; each item's seed derives from it and the item's id.")
 PriorityOpt = typer.Option(0, min=0, max=9, help="0 (lowest) to 9: higher runs first.")
 OutputOpt = typer.Option(None, "--output", help="Storage URL for outputs (default: OVIS_BATCH_STORAGE_URL).")
+FormatOpt = typer.Option(
+    None,
+    "--image-format",
+    help="png (default, lossless), jpeg (alpha composited on white) or webp; a manifest's image_format field "
+    "sets it per item.",
+)
+QualityOpt = typer.Option(
+    None, min=1, max=100, help="1-100 for jpeg and webp (default 90); a manifest's quality field, per item."
+)
 SkipOpt = typer.Option(
     False,
     "--skip-existing",
@@ -80,6 +89,8 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
         height: int | None = typer.Option(None, help="Output height (multiple of 16)."),
         steps: int | None = typer.Option(None, help="Sampling steps."),
         txt_cfg: float | None = typer.Option(None, help="Text guidance scale."),
+        image_format: str | None = FormatOpt,
+        quality: int | None = QualityOpt,
         seed: int = SeedOpt,
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
@@ -87,6 +98,7 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
     ) -> None:
         """Render images from prompts."""
         params = _drop_none(width=width, height=height, steps=steps, txt_cfg=txt_cfg, seed=seed)
+        params |= _drop_none(image_format=image_format, quality=quality)
         action(JobKind.GENERATE, input, params, priority, output, skip_existing)
 
     @target.command("edit")
@@ -95,6 +107,8 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
         steps: int | None = typer.Option(None, help="Sampling steps."),
         img_cfg: float | None = typer.Option(None, help="Image guidance scale."),
         txt_cfg: float | None = typer.Option(None, help="Text guidance scale."),
+        image_format: str | None = FormatOpt,
+        quality: int | None = QualityOpt,
         seed: int = SeedOpt,
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
@@ -102,6 +116,7 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
     ) -> None:
         """Edit images following instructions (a manifest of image + instruction)."""
         params = _drop_none(steps=steps, img_cfg=img_cfg, txt_cfg=txt_cfg, seed=seed)
+        params |= _drop_none(image_format=image_format, quality=quality)
         action(JobKind.EDIT, input, params, priority, output, skip_existing)
 
 
@@ -249,13 +264,20 @@ def export(
     column: str | None = typer.Option(
         None, help="manifest: the added column (default ovis_caption, or ovis_output for images)."
     ),
+    presign: int | None = typer.Option(
+        None,
+        "--presign",
+        metavar="SECONDS",
+        help="Add output_https: a link that fetches each S3 output for SECONDS (at most 604800, 7 days); "
+        "empty for local outputs.",
+    ),
 ) -> None:
     """Export a job's results (also while it runs, as far as it has come)."""
     states = tuple(part.strip() for part in status.split(",") if part.strip()) if status else ()
     settings = get_settings()
 
     def run() -> ExportReport:
-        options = ExportOptions(fmt=fmt or format_of(out), statuses=states, column=column)
+        options = ExportOptions(fmt=fmt or format_of(out), statuses=states, column=column, presign=presign)
         return write_export(settings, job_id, out, options)
 
     report: ExportReport = guard(run)

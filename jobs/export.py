@@ -1,8 +1,10 @@
 """Exports of a job, streamed from SQL with flat memory, also while the job runs.
 
-- `jsonl`, `parquet`: one row per item: id, input, prompt, output (caption or output URI), status, error.
+- `jsonl`, `parquet`: one row per item: id, input, prompt (as the model got it), output (caption or output
+  URI), status, error, then how the output was made and, with `--presign`, a link (see jobs.export_rows).
 - `txt`: a caption file per image, `photo.jpg` -> `photo.txt` (see jobs.export_captions).
-- `manifest`: the job's input manifest again, with the output added as a column (see jobs.export_manifest).
+- `manifest`: the job's input manifest again, with the output and its provenance added as columns (see
+  jobs.export_manifest).
 
 Where each export goes follows one rule for `--out` (see jobs.export_destination). One-file exports are
 written whole to a temporary file and then renamed over (local) or uploaded as (S3) the destination, which
@@ -23,11 +25,13 @@ from jobs.export_captions import write_caption_files
 from jobs.export_destination import file_target, parse_destination
 from jobs.export_manifest import write_manifest
 from jobs.export_options import ROWS_PER_FETCH, ExportOptions, ExportReport
+from jobs.export_rows import ExtraColumns, row_prompt
 from jobs.export_writes import refuse_inputs, write_file
 from jobs.models import Item, Job
 from jobs.settings import Settings
 from storage import open_store
 
+#: Every row's own columns; ExtraColumns follow them.
 COLUMNS = ("id", "input", "prompt", "output", "status", "error_code", "error", "attempts")
 #: The extension of each one-file format's destination.
 _EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet"}
@@ -44,10 +48,15 @@ def load_job(settings: Settings, job_id: str) -> Job:
 
 
 def iter_rows(
-    settings: Settings, job_id: str, statuses: Sequence[str] = (), order_by_seq: bool = True
+    settings: Settings,
+    job_id: str,
+    statuses: Sequence[str] = (),
+    order_by_seq: bool = True,
+    extra: ExtraColumns | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The job's items in source order, as export rows, streamed from the database."""
-    load_job(settings, job_id)
+    """The job's items in source order, as export rows with the `extra` columns (default: the provenance of
+    the job's kind), streamed from the database."""
+    extra = extra or ExtraColumns(load_job(settings, job_id).kind)
     items = Item.__table__.c
     query = select(
         items.key,
@@ -58,6 +67,7 @@ def iter_rows(
         items.error_code,
         items.error_message,
         items.attempts,
+        items.provenance,
     ).where(items.job_id == job_id)
     if statuses:
         query = query.where(items.status.in_(list(statuses)))
@@ -66,8 +76,9 @@ def iter_rows(
     with session_scope(settings.resolved_database_url) as session:
         # Core rows over a server-side cursor: a million rows stream in flat memory, without ORM overhead.
         connection = session.connection().execution_options(yield_per=ROWS_PER_FETCH)
-        for row in connection.execute(query):
-            yield dict(zip(COLUMNS, row, strict=True))
+        for key, source, text, output, status, code, error, attempts, made in connection.execute(query):
+            own = (key, source, row_prompt(text, made), output, status, code, error, attempts)
+            yield dict(zip(COLUMNS, own, strict=True)) | extra.values(output, made)
 
 
 def write_jsonl(rows: Iterator[dict[str, Any]], path: str) -> int:
@@ -88,12 +99,13 @@ def write_jsonl(rows: Iterator[dict[str, Any]], path: str) -> int:
     return count
 
 
-def write_parquet(rows: Iterator[dict[str, Any]], path: str) -> int:
+def write_parquet(rows: Iterator[dict[str, Any]], path: str, extra: ExtraColumns) -> int:
     """Write rows as Parquet, one row group per fetch; return how many."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, pa.int32() if name == "attempts" else pa.string()) for name in COLUMNS])
+    own = [pa.field(name, pa.int32() if name == "attempts" else pa.string()) for name in COLUMNS]
+    schema = pa.schema(own + extra.arrow_fields())
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         batch: list[dict[str, Any]] = []
@@ -130,9 +142,14 @@ def write_export(
     ext = _EXTENSIONS[options.fmt]
     target = file_target(destination, ext=ext, default_name=f"{job_id}{ext}", what=f"a {options.fmt} export")
     refuse_inputs(settings, job, [target])
-    rows = lambda: iter_rows(settings, job_id, options.statuses)  # noqa: E731 - opened inside write_file
-    writer = write_jsonl if options.fmt == "jsonl" else write_parquet
-    count = write_file(target, ext, lambda path: writer(rows(), path), settings.s3_options())
+    s3 = settings.s3_options()
+    extra = ExtraColumns(job.kind, presign=options.presign, s3=s3)
+
+    def write(path: str) -> int:
+        rows = iter_rows(settings, job_id, options.statuses, extra=extra)
+        return write_jsonl(rows, path) if options.fmt == "jsonl" else write_parquet(rows, path, extra)
+
+    count = write_file(target, ext, write, s3)
     return ExportReport(count, "row", target)
 
 

@@ -6,7 +6,9 @@ the column added, written as one file per shard under the destination folder.
 
 The added column is `ovis_caption` (captions) or `ovis_output` (output URIs of images) unless `--column`
 names another; an existing column of that name is replaced only when its name starts with `ovis_` (a column
-an export added before, in a manifest submitted again), any other is kept and the export refused.
+an export added before, in a manifest submitted again), any other is kept and the export refused. How each
+output was made follows it, as `ovis_kind`, `ovis_prompt`, `ovis_seed`, ... (and `ovis_output_https` with
+`--presign`), see jobs.export_rows; those replace columns of their name, always ovis-batch's own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from jobs.db import session_scope
 from jobs.errors import InvalidExport, InvalidParameters, InvalidSource
 from jobs.export_destination import Destination, file_target, require_folder
 from jobs.export_options import ExportOptions, ExportReport
+from jobs.export_rows import ExtraColumns
 from jobs.export_writes import refuse_inputs, write_file
 from jobs.lifecycle import ItemStatus, JobKind
 from jobs.models import Item, Job
@@ -47,21 +50,33 @@ OWN_PREFIX = "ovis_"
 
 
 class _Outputs:
-    """Outputs of a job's items by id, fetched a batch of ids at a time through the (job_id, key) index."""
+    """Outputs of a job's items by id, fetched a batch of ids at a time through the (job_id, key) index, as
+    the columns an export adds: the output under `column`, then `extra`."""
 
-    def __init__(self, settings: Settings, job_id: str, statuses: tuple[str, ...]) -> None:
+    def __init__(
+        self, settings: Settings, job_id: str, statuses: tuple[str, ...], column: str, extra: ExtraColumns
+    ) -> None:
         self.url = settings.resolved_database_url
         self.job_id = job_id
         self.statuses = list(statuses or (ItemStatus.SUCCEEDED.value,))
+        self.column, self.extra = column, extra
+        if column in extra.names:
+            raise InvalidParameters(
+                f"--column {column} is a column the export adds for provenance: name another"
+            )
+        #: The added columns, in order, and their values for a record without an item.
+        self.names = (column, *extra.names)
+        self.missing = dict.fromkeys(self.names)
 
-    def lookup(self, keys: list[str]) -> dict[str, str | None]:
+    def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The added columns of the items with these ids (an id without an item is absent)."""
         with session_scope(self.url) as session:
             rows = session.execute(
-                select(Item.key, Item.output).where(
+                select(Item.key, Item.output, Item.provenance).where(
                     Item.job_id == self.job_id, Item.status.in_(self.statuses), Item.key.in_(keys)
                 )
             )
-            return {key: output for key, output in rows}
+            return {key: {self.column: out} | self.extra.values(out, made) for key, out, made in rows}
 
 
 def write_manifest(
@@ -69,12 +84,13 @@ def write_manifest(
 ) -> ExportReport:
     """Write the job's input manifest with the output column to `destination`; report the records written."""
     column = options.column or OUTPUT_COLUMNS[job.kind]
-    outputs = _Outputs(settings, job.id, options.statuses)
     s3 = settings.s3_options()
+    extra = ExtraColumns(job.kind, prefix=OWN_PREFIX, presign=options.presign, s3=s3, with_prompt=True)
+    outputs = _Outputs(settings, job.id, options.statuses, column, extra)
     fmt = manifest_format(job.source)
     if fmt is None:
         if _is_webdataset(settings, job):
-            return _write_shard_manifests(job, destination, column, outputs, s3)
+            return _write_shard_manifests(job, destination, outputs, s3)
         raise InvalidParameters(
             f"job {job.id} was submitted from {job.source or 'items given directly'}, which is no manifest; "
             "export it as jsonl, parquet or txt"
@@ -87,13 +103,13 @@ def write_manifest(
     if fmt == "parquet":
 
         def write_parquet(path: str) -> int:
-            return _parquet(job.source, s3, reader.key, outputs, column, path, reader.fields())
+            return _parquet(job.source, s3, reader.key, outputs, path, reader.fields())
 
         count = write_file(target, ext, write_parquet, s3)
     else:
 
         def write_text(path: str) -> int:
-            return _text(job.source, s3, reader, outputs, column, fmt, path)
+            return _text(job.source, s3, reader, outputs, fmt, path)
 
         count = write_file(target, ext, write_text, s3)
     return ExportReport(count, "record", target)
@@ -125,10 +141,10 @@ def _text(
     s3: S3Options,
     reader: ManifestReader,
     outputs: _Outputs,
-    column: str,
     fmt: str,
     path: str,
 ) -> int:
+    column = outputs.column
     count = 0
     with open(path, "w", encoding="utf-8", newline="") as out:
         writer: Any = None
@@ -139,14 +155,13 @@ def _text(
                 fields = list(batch[0][1])
                 if column in fields:
                     _check_column(column, f"the header of {source}")
-                else:
-                    fields.append(column)
+                fields += [name for name in outputs.names if name not in fields]
                 writer = csv.DictWriter(out, fieldnames=fields)
                 writer.writeheader()
             for key, (lineno, record) in zip(keys, batch, strict=True):
                 if fmt == "jsonl" and column in record:
                     _check_column(column, f"{source} line {lineno}")
-                record[column] = found.get(key)
+                record.update(found.get(key, outputs.missing))
                 if fmt == "jsonl":
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 else:
@@ -160,7 +175,6 @@ def _parquet(
     s3: S3Options,
     key_of: Callable[[dict[str, Any], int], str],
     outputs: _Outputs,
-    column: str,
     path: str,
     key_fields: list[str],
 ) -> int:
@@ -168,22 +182,26 @@ def _parquet(
     import pyarrow.parquet as pq
 
     schema = open_parquet(source, s3).schema_arrow
-    if column in schema.names:
-        _check_column(column, source)
-        schema = schema.remove(schema.get_field_index(column))
-    schema = schema.append(pa.field(column, pa.string()))
+    if outputs.column in schema.names:
+        _check_column(outputs.column, source)
+    added = [pa.field(outputs.column, pa.string()), *outputs.extra.arrow_fields()]
+    for field in added:
+        if field.name in schema.names:
+            schema = schema.remove(schema.get_field_index(field.name))
+        schema = schema.append(field)
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         for batch in iter_parquet_batches(source, s3, None):
             table = pa.Table.from_batches([batch])
-            if column in table.column_names:
-                table = table.drop_columns([column])
+            table = table.drop_columns([name for name in outputs.names if name in table.column_names])
             records = table.select([name for name in key_fields if name in table.column_names]).to_pylist()
             keys = [key_of(record, count + i) for i, record in enumerate(records)]
-            found: dict[str, str | None] = {}
+            found: dict[str, dict[str, Any]] = {}
             for start in range(0, len(keys), LOOKUP):
                 found.update(outputs.lookup(keys[start : start + LOOKUP]))
-            table = table.append_column(column, pa.array([found.get(k) for k in keys], pa.string()))
+            rows = [found.get(key, outputs.missing) for key in keys]
+            for field in added:
+                table = table.append_column(field, pa.array([row[field.name] for row in rows], field.type))
             writer.write_table(table.select(schema.names).cast(schema))
             count += len(keys)
     return count
@@ -198,7 +216,7 @@ def _is_webdataset(settings: Settings, job: Job) -> bool:
 
 
 def _write_shard_manifests(
-    job: Job, destination: Destination, column: str, outputs: _Outputs, s3: S3Options
+    job: Job, destination: Destination, outputs: _Outputs, s3: S3Options
 ) -> ExportReport:
     folder = require_folder(destination, "a WebDataset job's manifest is one Parquet file per shard")
     manifests = [shard.removesuffix(".tar") + ".parquet" for shard in iter_shard_urls(job.source, s3)]
@@ -214,7 +232,7 @@ def _write_shard_manifests(
     for manifest, target in zip(manifests, targets, strict=True):
 
         def write_shard(path: str, manifest: str = manifest) -> int:
-            return _parquet(manifest, s3, _shard_key, outputs, column, path, [SHARD_KEY_COLUMN])
+            return _parquet(manifest, s3, _shard_key, outputs, path, [SHARD_KEY_COLUMN])
 
         count += write_file(target, ".parquet", write_shard, s3)
     return ExportReport(count, "record", folder.url, len(targets))

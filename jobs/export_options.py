@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from jobs.errors import InvalidParameters
 from jobs.lifecycle import ItemStatus
+from storage import MAX_PRESIGN_SECONDS
 
 FORMATS = ("jsonl", "parquet", "txt", "manifest")
 #: Rows fetched per round trip (a server-side cursor on PostgreSQL).
@@ -22,11 +23,21 @@ class ExportOptions:
     statuses: tuple[str, ...] = ()
     #: `manifest`: the name of the added column (default: jobs.export_manifest.OUTPUT_COLUMNS by job kind).
     column: str | None = None
+    #: Add a presigned link to each output in S3, valid this many seconds (jobs.export_rows).
+    presign: int | None = None
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
             choices = ", ".join(FORMATS)
             raise InvalidParameters(f"unknown export format {self.fmt!r}; choose one of: {choices}")
+        if self.presign is not None:
+            if self.fmt == "txt":
+                raise InvalidParameters("--presign adds a column: export jsonl, parquet or manifest")
+            if not 1 <= self.presign <= MAX_PRESIGN_SECONDS:
+                raise InvalidParameters(
+                    f"--presign {self.presign}: a link lives 1 to {MAX_PRESIGN_SECONDS} seconds (7 days, "
+                    "S3's limit)"
+                )
         known = {status.value for status in ItemStatus}
         for status in self.statuses:
             if status not in known:

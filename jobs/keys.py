@@ -4,6 +4,9 @@ An item's output lives at ``{job_id}/{name}.{ext}`` under the job's output locat
 item's id percent-encoded: every UTF-8 byte outside ``A-Z a-z 0-9 . _ - ~`` (and a leading ``.``, which would
 hide the file) is written ``%XX``. Encoding is reversible, so two different ids never share an output, and
 an id that is already safe keeps its spelling (``photo-001`` -> ``photo-001.png``, ``a/b`` -> ``a%2Fb.png``).
+The extension follows the item's image format (``png``, ``jpg``, ``webp``); none holds a ``.``, so a key still
+names one item whatever the formats of a job's items (``a.jpg`` as PNG is ``a.jpg.png``, ``a`` as JPEG
+``a.jpg``).
 The name is bounded so that it fits a file name on every common filesystem beside the store's temporary
 files; an id whose name would be longer is refused at submit.
 """
@@ -11,6 +14,7 @@ files; an id whose name would be longer is refused at submit.
 from __future__ import annotations
 
 import re
+from typing import Literal
 from urllib.parse import quote, unquote
 
 from jobs.errors import InvalidParameters
@@ -24,6 +28,13 @@ MAX_S3_KEY_BYTES = 1024
 MAX_EXT_BYTES = 4
 #: Bytes of ``{job_id}/`` (a job id is 32 hex digits).
 JOB_PART_BYTES = 33
+
+#: The formats image outputs are written in; PNG (lossless) unless a job or an item asks for another.
+ImageFormat = Literal["png", "jpeg", "webp"]
+DEFAULT_IMAGE_FORMAT: ImageFormat = "png"
+#: The extension of an output's key, and the Content-Type it is stored with, per image format.
+EXTENSIONS: dict[str, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 #: Ids that are their own name (most ids): no byte to escape, no leading ".".
 _SAFE_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
@@ -45,6 +56,11 @@ def decode_name(name: str) -> str:
 def output_key(job_id: str, item_id: str, ext: str) -> str:
     """Key of an item's output under its job's output location: a redelivered item overwrites, never adds."""
     return f"{job_id}/{encode_name(item_id)}.{ext}"
+
+
+def image_output_key(job_id: str, item_id: str, image_format: str) -> str:
+    """Key of an item's image output in `image_format` (one of EXTENSIONS)."""
+    return output_key(job_id, item_id, EXTENSIONS[image_format])
 
 
 def check_output_name(item_id: str) -> None:

@@ -134,5 +134,7 @@ class Item(Base):
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: What the output was made from (workers.reuse): equal fingerprints, equal outputs.
     fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: How the output was made (jobs.provenance): recorded with the output, in the same statement.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

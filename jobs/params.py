@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.errors import InvalidParameters
+from jobs.keys import DEFAULT_IMAGE_FORMAT, ImageFormat
 from jobs.lifecycle import JobKind
 
 MAX_SIDE = 2048
@@ -18,6 +19,10 @@ MAX_STEPS = 200
 MAX_NEW_TOKENS = 4096
 SEED_MAX = 2**31 - 1
 MAX_CFG = 20.0
+#: Quality of JPEG and WebP outputs when a job or an item sets none (PNG is lossless: no quality).
+DEFAULT_QUALITY = 90
+#: How a format may be spelled besides its own name.
+_FORMAT_ALIASES = {"jpg": "jpeg"}
 
 
 class _Params(BaseModel):
@@ -36,7 +41,23 @@ class CaptionParams(_Params):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
 
-class GenerateParams(_Params):
+class _ImageParams(_Params):
+    """What every image output is written as: PNG unless a job or an item asks for JPEG or WebP."""
+
+    image_format: ImageFormat | None = None
+    #: 1-100, for JPEG and WebP (PNG is lossless and takes none); DEFAULT_QUALITY when unset.
+    quality: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("image_format", mode="before")
+    @classmethod
+    def _format_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            name = value.strip().lower()
+            return _FORMAT_ALIASES.get(name, name)
+        return value
+
+
+class GenerateParams(_ImageParams):
     """Text-to-image: output size, sampling steps and text guidance."""
 
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
@@ -52,7 +73,7 @@ class GenerateParams(_Params):
         return value
 
 
-class EditParams(_Params):
+class EditParams(_ImageParams):
     """Editing: sampling steps, image and text guidance. The output size follows the input."""
 
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
@@ -114,6 +135,16 @@ def item_seed(job_seed: int, key: str) -> int:
     """A seed per item from the job seed and the item's id: independent of batch, worker and retry."""
     digest = hashlib.sha256(f"{job_seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & SEED_MAX
+
+
+def output_format(params: dict[str, Any]) -> tuple[str, int | None]:
+    """The image format and quality of an item's output from its resolved parameters (`resolve`): PNG unless
+    set, the quality only for lossy formats."""
+    image_format = str(params.get("image_format") or DEFAULT_IMAGE_FORMAT)
+    if image_format == "png":
+        return image_format, None
+    quality = params.get("quality")
+    return image_format, int(quality) if quality is not None else DEFAULT_QUALITY
 
 
 def resolve(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Integer, Text, bindparam, func, literal_column, select, true, update
+from sqlalchemy import JSON, Integer, Text, bindparam, cast, func, literal_column, select, true, update
 from sqlalchemy.orm import Session
 
 from jobs.lifecycle import ItemStatus, item_sources
@@ -36,8 +36,8 @@ _SUCCEEDED_VALUES: dict[str, Any] = {
     "error_code": None,
     "error_message": None,
 }
-# One JSON object {seq: [output, fingerprint]}: one parameter for the driver to pass (arrays are escaped item
-# by item).
+# One JSON object {seq: [output, fingerprint, provenance]}: one parameter for the driver to pass (arrays are
+# escaped item by item).
 _OUTPUTS = (
     func.json_each(bindparam("b_outputs", type_=JSON)).table_valued("key", "value").render_derived(name="v")
 )
@@ -52,6 +52,8 @@ _RECORD_SUCCESSES = (
     .values(
         output=_OUTPUTS.c.value.op("->>", return_type=Text)(literal_column("0")),
         fingerprint=_OUTPUTS.c.value.op("->>", return_type=Text)(literal_column("1")),
+        # Through text: a missing provenance (JSON null) is stored as SQL NULL.
+        provenance=cast(_OUTPUTS.c.value.op("->>", return_type=Text)(literal_column("2")), JSON),
         **_SUCCEEDED_VALUES,
     )
 )
@@ -59,12 +61,17 @@ _RECORD_SUCCESSES = (
 _RECORD_SUCCESS = (
     update(ITEMS)
     .where(_OF_JOB, _RECORDABLE, _C.seq == bindparam("b_seq"))
-    .values(output=bindparam("b_output"), fingerprint=bindparam("b_fingerprint"), **_SUCCEEDED_VALUES)
+    .values(
+        output=bindparam("b_output"),
+        fingerprint=bindparam("b_fingerprint"),
+        provenance=bindparam("b_provenance", type_=JSON(none_as_null=True)),
+        **_SUCCEEDED_VALUES,
+    )
 )
 _COUNT_SKIPPED = (
     update(JOBS).where(_J.id == bindparam("job")).values(n_skipped=_J.n_skipped + bindparam("count"))
 )
-_REUSABLE = select(_C.fingerprint, _C.output).where(
+_REUSABLE = select(_C.fingerprint, _C.output, _C.provenance).where(
     _C.fingerprint.in_(bindparam("prints", expanding=True)),
     _C.status == _SUCCEEDED.value,
     _C.job_id != bindparam("job"),
@@ -89,20 +96,29 @@ def record_successes(
     job_id: str,
     outputs: dict[int, str],
     fingerprints: dict[int, str] | None = None,
+    provenance: dict[int, dict[str, Any]] | None = None,
     reused: bool = False,
 ) -> int:
-    """Record outputs of running items (seq -> caption or URL, and what made each: see workers.reuse);
-    return how many were recorded. `reused` outputs were taken from earlier jobs and count as skipped."""
+    """Record outputs of running items (seq -> caption or URL, what made each: see workers.reuse, and how:
+    see jobs.provenance); return how many were recorded. `reused` outputs were taken from earlier jobs and
+    count as skipped."""
     if not outputs:
         return 0
     t = now()
-    prints = fingerprints or {}
+    prints, made = fingerprints or {}, provenance or {}
     if is_postgresql(session):
-        values = {seq: [out, prints.get(seq)] for seq, out in outputs.items()}
+        values = {seq: [out, prints.get(seq), made.get(seq)] for seq, out in outputs.items()}
         result = session.execute(_RECORD_SUCCESSES, {"b_job": job_id, "b_t": t, "b_outputs": values})
     else:
         rows = [
-            {"b_job": job_id, "b_seq": seq, "b_output": out, "b_fingerprint": prints.get(seq), "b_t": t}
+            {
+                "b_job": job_id,
+                "b_seq": seq,
+                "b_output": out,
+                "b_fingerprint": prints.get(seq),
+                "b_provenance": made.get(seq),
+                "b_t": t,
+            }
             for seq, out in outputs.items()
         ]
         result = session.execute(_RECORD_SUCCESS, rows)
@@ -113,12 +129,15 @@ def record_successes(
     return moved
 
 
-def reusable_outputs(session: Session, *, job_id: str, fingerprints: Collection[str]) -> dict[str, str]:
-    """Outputs of succeeded items of other jobs with these fingerprints (fingerprint -> output)."""
+def reusable_outputs(
+    session: Session, *, job_id: str, fingerprints: Collection[str]
+) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Outputs of succeeded items of other jobs with these fingerprints, and their provenance
+    (fingerprint -> (output, provenance))."""
     if not fingerprints:
         return {}
     rows = session.execute(_REUSABLE, {"prints": list(fingerprints), "job": job_id})
-    return {fingerprint: output for fingerprint, output in rows}
+    return {fingerprint: (output, provenance) for fingerprint, output, provenance in rows}
 
 
 def record_failures(session: Session, *, job_id: str, failures: dict[int, tuple[str, str]]) -> int:

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: The longest a presigned link may live: S3's limit for links signed with Signature Version 4 (7 days).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
 class Store(ABC):
@@ -52,6 +54,11 @@ class Store(ABC):
         cannot be made or written."""
 
     @abstractmethod
+    def presign(self, key: str, seconds: int) -> str | None:
+        """A link anyone may GET ``key`` with for ``seconds`` (1 to MAX_PRESIGN_SECONDS), or None where the
+        store has no links to give (local files)."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; removing a missing object is not an error (as on S3)."""
 
@@ -70,6 +77,13 @@ def check_key(key: str) -> str:
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(f"storage key must not contain empty, '.' or '..' segments: {key!r}")
     return key
+
+
+def check_presign_seconds(seconds: int) -> int:
+    """Return ``seconds`` if a presigned link may live that long, else raise ValueError saying the range."""
+    if not 1 <= seconds <= MAX_PRESIGN_SECONDS:
+        raise ValueError(f"a presigned link lives 1 to {MAX_PRESIGN_SECONDS} seconds (7 days), not {seconds}")
+    return seconds
 
 
 def check_prefix(prefix: str) -> str:

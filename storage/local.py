@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from storage.base import DEFAULT_CONTENT_TYPE, Store, check_key, check_prefix
+from storage.base import DEFAULT_CONTENT_TYPE, Store, check_key, check_prefix, check_presign_seconds
 from storage.errors import AccessDenied, ObjectNotFound, StorageError
 
 # Writes go to a hidden temporary file next to the target and are renamed over it; listings skip these so
@@ -80,6 +80,12 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         """Return whether a regular file is stored under ``key``."""
         return os.path.isfile(self.path_for(key))
+
+    def presign(self, key: str, seconds: int) -> str | None:
+        """None: a local file has no link to give."""
+        check_key(key)
+        check_presign_seconds(seconds)
+        return None
 
     def check_writable(self) -> None:
         """The directory exists or can be made, and is writable."""

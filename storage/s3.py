@@ -24,7 +24,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as EndpointUnreachable
 
-from storage.base import DEFAULT_CONTENT_TYPE, Store, check_key, check_prefix
+from storage.base import DEFAULT_CONTENT_TYPE, Store, check_key, check_prefix, check_presign_seconds
 from storage.errors import AccessDenied, ObjectNotFound, StorageError, StorageUnavailable
 
 if TYPE_CHECKING:
@@ -276,6 +276,17 @@ class S3Store(Store):
             if isinstance(error, ObjectNotFound):
                 raise ObjectNotFound(f"the bucket {self.bucket!r} does not exist", url=self.url) from exc
             raise error from exc
+
+    def presign(self, key: str, seconds: int) -> str:
+        """A presigned GET link to the object, valid for ``seconds``: signed here with the client's
+        credentials, without a request (the object is not checked)."""
+        params = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=check_presign_seconds(seconds)
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise wrap_error(exc, "presign", self.url_for(key)) from exc
 
     def delete(self, key: str) -> None:
         """Delete the object; deleting a missing object is not an error."""

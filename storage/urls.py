@@ -75,6 +75,16 @@ def exists_url(url: str, s3: S3Options | None = None) -> bool:
     return os.path.isfile(location.path)
 
 
+def presign_url(url: str, seconds: int, s3: S3Options | None = None) -> str | None:
+    """A presigned GET link to the object at an absolute URL, valid for ``seconds``; None for a local file."""
+    location = parse_url(url)
+    if location.scheme == "s3":
+        if not location.path:
+            raise ValueError(f"S3 URL names a bucket, not an object: {url!r}")
+        return S3Store(location.bucket, "", s3).presign(location.path, seconds)
+    return LocalStore(os.path.dirname(location.path)).presign(os.path.basename(location.path), seconds)
+
+
 def is_within(url: str, roots: Sequence[str]) -> bool:
     """Return True if ``url`` lies inside one of ``roots`` (a root contains itself).
 

@@ -1,4 +1,5 @@
-"""Running a micro-batch on the model, on the thread that drives it, and uploading its image outputs.
+"""Running a micro-batch on the model, on the thread that drives it, and uploading its image outputs, each in
+its item's format with its provenance embedded.
 
 One bad item never fails its neighbours: a failing micro-batch runs each item alone to find the one that
 fails, and out-of-memory halves the micro-batch on the same worker until it fits or a single item does not.
@@ -10,15 +11,16 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
 import storage
 from gpu_model import BackendInvalidRequest, BackendOutOfMemory, CaptionRequest, EditRequest, GenerateRequest
 from jobs import errors
-from jobs.keys import output_key
+from jobs.keys import CONTENT_TYPES, DEFAULT_IMAGE_FORMAT, image_output_key
 from jobs.lifecycle import JobKind
-from workers.images import encode_png
+from workers.images import encode_output
 from workers.prepare import Prepared, Request
 from workers.runtime import WorkerRuntime
 
@@ -35,6 +37,34 @@ class Results:
     #: Outputs of earlier jobs the items take instead of running (`--skip-existing`).
     reused: dict[int, str] = field(default_factory=dict)
     fingerprints: dict[int, str] = field(default_factory=dict)
+    #: How each output was made (jobs.provenance), recorded with it.
+    provenance: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def settle(self, job_id: str) -> tuple[dict[int, str], dict[int, tuple[str, str]]]:
+        """Wait for the uploads; the outputs, and the failures with the items whose output storage refused
+        for good (access, bucket) or could not be encoded added. A transient fault is raised: the chunk is
+        handed back."""
+        outputs: dict[int, str] = {}
+        failures = dict(self.failures)
+        for seq, value in self.outputs.items():
+            try:
+                outputs[seq] = value if isinstance(value, str) else value.result()
+            except storage.StorageError as exc:
+                failures[seq] = (exc.error_code, f"writing the output failed: {exc}")
+                log.warning(
+                    "an output of job %s was not written: %s: %s",
+                    job_id,
+                    exc.error_code,
+                    exc,
+                    extra={"job_id": job_id},
+                )
+            except errors.Transient:
+                raise
+            except Exception as exc:  # a bug encoding one image fails that item alone
+                fields = {"job_id": job_id}
+                log.error("an output of job %s was not written", job_id, exc_info=True, extra=fields)
+                failures[seq] = (errors.INTERNAL_ERROR, f"writing the output failed: {exc!r}")
+        return outputs, failures
 
 
 class MicroBatches:
@@ -50,6 +80,7 @@ class MicroBatches:
             failures={p.item.seq: p.error for p in prepared if p.error},
             reused={p.item.seq: p.reused for p in prepared if p.reused is not None},
             fingerprints={p.item.seq: p.fingerprint for p in prepared if p.fingerprint is not None},
+            provenance={p.item.seq: p.provenance for p in prepared if p.reused and p.provenance},
         )
         runnable = [p for p in prepared if p.request is not None and p.reused is None]
         if runnable:
@@ -103,11 +134,15 @@ class MicroBatches:
             results.failures[item.seq] = (code, f"{exc.__class__.__name__}: {exc}")
             return
         for p, output in zip(prepared, outputs, strict=True):
+            made = dict(p.provenance or {})
             if isinstance(output, str):
                 results.outputs[p.item.seq] = output
             else:
-                key = output_key(self.job_id, p.item.key, "png")
-                results.outputs[p.item.seq] = self.rt.io_pool.submit(self._upload, key, output)
+                made |= {"width": output.width, "height": output.height}
+                upload = self.rt.io_pool.submit(self._upload, p, output, made)
+                results.outputs[p.item.seq] = upload
+            if made:
+                results.provenance[p.item.seq] = made
 
     def _call(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
         try:
@@ -128,9 +163,12 @@ class MicroBatches:
             raise RuntimeError(f"backend returned {len(outputs)} results for {len(requests)} requests")
         return outputs
 
-    def _upload(self, key: str, image: Image.Image) -> str:
+    def _upload(self, p: Prepared, image: Image.Image, provenance: dict[str, Any]) -> str:
         """Runs on an I/O thread; a transient fault of the store hands the chunk back when it is recorded."""
+        image_format = p.image_format or DEFAULT_IMAGE_FORMAT
+        key = image_output_key(self.job_id, p.item.key, image_format)
+        data = encode_output(image, image_format, p.quality, provenance)
         try:
-            return self.rt.store(self.output_url).write(key, encode_png(image), "image/png")
+            return self.rt.store(self.output_url).write(key, data, CONTENT_TYPES[image_format])
         except storage.StorageUnavailable as exc:
             raise errors.StorageUnavailable(str(exc)) from exc

@@ -1,17 +1,22 @@
-"""Decoding inputs safely (limits checked before decoding) and encoding outputs."""
+"""Decoding inputs safely (limits checked before decoding) and encoding outputs with their provenance."""
 
 from __future__ import annotations
 
 import functools
 import importlib
 import io
+import re
 import warnings
 from types import ModuleType
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from jobs.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from jobs.params import DEFAULT_QUALITY
+from jobs.provenance import as_text
 
 
 def _optional(name: str) -> ModuleType | None:
@@ -177,8 +182,65 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise InvalidImage(f"the image cannot be decoded: {exc}") from None
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of an image (lossless, what edits and generations are stored as)."""
+def encode_output(
+    image: Image.Image, image_format: str, quality: int | None, provenance: dict[str, Any]
+) -> bytes:
+    """An image output's bytes in `image_format` ("png", "jpeg", "webp"), `provenance` embedded: one iTXt
+    chunk per field in a PNG, an XMP packet in a JPEG or WebP (jobs.provenance). JPEG has no alpha: a
+    transparent image is composited on white; PNG and WebP keep it."""
+    fields = {name: as_text(value) for name, value in provenance.items() if value is not None}
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
+    if image_format == "png":
+        info = PngInfo()
+        for name, value in fields.items():
+            info.add_itxt(name, value)
+        image.save(buffer, format="PNG", compress_level=1, pnginfo=info)
+    elif image_format == "jpeg":
+        xmp = xmp_packet(fields, JPEG_XMP_BYTES)
+        _to_rgb(image).save(buffer, format="JPEG", quality=quality or DEFAULT_QUALITY, xmp=xmp)
+    elif image_format == "webp":
+        if image.mode not in ("RGB", "RGBA"):
+            has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info
+            image = image.convert("RGBA" if has_alpha else "RGB")
+        image.save(buffer, format="WEBP", quality=quality or DEFAULT_QUALITY, xmp=xmp_packet(fields))
+    else:
+        raise ValueError(f"unknown image format {image_format!r}")
     return buffer.getvalue()
+
+
+#: Bytes of XMP a JPEG holds (one APP1 segment, less its header).
+JPEG_XMP_BYTES = 65533 - 29
+#: The namespace of ovis-batch's XMP properties; readers see the fields by their names (`getxmp()`).
+XMP_NAMESPACE = "urn:ovis-batch:provenance:1"
+# Characters XML 1.0 cannot hold even escaped: an XMP parser refuses the packet whole.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Escaped in attributes beyond & < > ": line ends and tabs would be read back as spaces.
+_ATTRIBUTE_ESCAPES = {"\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+
+
+def xmp_packet(fields: dict[str, str], limit: int | None = None) -> bytes:
+    """An XMP packet holding `fields` as properties of one rdf:Description. A control character XML cannot
+    hold becomes U+FFFD; where the packet would exceed `limit` bytes the prompt is shortened to fit (the rows
+    of results and exports keep it whole)."""
+    fields = {name: _NOT_XML.sub("\ufffd", value) for name, value in fields.items()}
+    packet = _xmp(fields)
+    prompt = fields.get("prompt", "")
+    while limit is not None and len(packet) > limit and prompt:
+        prompt = prompt[: len(prompt) - max(1, (len(packet) - limit) // 6)]
+        packet = _xmp(fields | {"prompt": prompt + "\u2026"})
+    return packet
+
+
+def _xmp(fields: dict[str, str]) -> bytes:
+    properties = "".join(
+        f"\n   ovis:{name}={quoteattr(value, _ATTRIBUTE_ESCAPES)}" for name, value in fields.items()
+    )
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        f'  <rdf:Description rdf:about="" xmlns:ovis="{XMP_NAMESPACE}"{properties}/>\n'
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="w"?>'
+    ).encode()

@@ -22,7 +22,6 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-import storage
 from jobs.broker import TASK_NAMES
 from jobs.db import get_engine
 from jobs.lifecycle import JobKind, JobStatus
@@ -344,28 +343,20 @@ class _Book:
         self.started.update(seqs)
 
     def record(self, results: Results, model_s: float) -> None:
-        outputs: dict[int, str] = {}
-        failures = dict(results.failures)
-        for seq, value in results.outputs.items():
-            try:
-                outputs[seq] = value if isinstance(value, str) else value.result()
-            except storage.StorageError as exc:  # refused for good (access, bucket): that item fails
-                failures[seq] = (exc.error_code, f"writing the output failed: {exc}")
-                log.warning(
-                    "an output of job %s was not written: %s: %s",
-                    self.job_id,
-                    exc.error_code,
-                    exc,
-                    extra={"job_id": self.job_id},
-                )
+        outputs, failures = results.settle(self.job_id)
         started = time.perf_counter()
-        prints = results.fingerprints
+        prints, made = results.fingerprints, results.provenance
         with self._transaction() as session:
             self.tally.succeeded += record_successes(
-                session, job_id=self.job_id, outputs=outputs, fingerprints=prints
+                session, job_id=self.job_id, outputs=outputs, fingerprints=prints, provenance=made
             )
             self.tally.succeeded += record_successes(
-                session, job_id=self.job_id, outputs=results.reused, fingerprints=prints, reused=True
+                session,
+                job_id=self.job_id,
+                outputs=results.reused,
+                fingerprints=prints,
+                provenance=made,
+                reused=True,
             )
             self.tally.failed += record_failures(session, job_id=self.job_id, failures=failures)
             due = time.perf_counter() - self.reported_at >= PROGRESS_EVERY_S

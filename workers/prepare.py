@@ -3,7 +3,8 @@
 Whatever goes wrong with one item ends that item alone: bad input with its own code, logged as one WARNING
 line; anything else as internal_error, logged at ERROR with its traceback. Only a transient fault is raised:
 the chunk is handed back and retried. With `--skip-existing`, each group of items looks up the earlier outputs
-made from the same (workers/reuse.py).
+made from the same (workers/reuse.py). Each item's provenance (jobs.provenance) is taken from its request as
+the model gets it: the backend's defaults, the job's parameters and the item's own, resolved.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from jobs import errors
 from jobs.db import session_scope
 from jobs.inputs import read_allowed_input
 from jobs.lifecycle import JobKind
-from jobs.params import item_seed, resolve
+from jobs.params import item_seed, output_format, resolve
 from jobs.state import ClaimedItem
 from workers.images import decode_image
-from workers.reuse import find_reusable, fingerprint, input_digest, model_identity
+from workers.reuse import find_reusable, fingerprint, input_digest, model_identity, version
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class Prepared:
     #: What the item's output is made from (workers.reuse), and an earlier output made from the same.
     fingerprint: str | None = None
     reused: str | None = None
+    #: How the output is made (jobs.provenance); an image's size is added once it is made.
+    provenance: dict[str, Any] | None = None
+    #: What an image output is written as (None for captions).
+    image_format: str | None = None
+    quality: int | None = None
 
 
 class Inputs:
@@ -64,6 +70,13 @@ class Inputs:
         self.job_params, self.output_url, self.reuse_outputs = params, output_url, reuse_outputs
         self.base_params = resolve(kind, params, None, runtime.info.defaults.get(kind.value, {}))
         self.model = model_identity(self.settings)
+        #: What every item's provenance says of the model.
+        self.made_by = {
+            "model": self.settings.model_path,
+            "model_revision": self.settings.model_revision,
+            "backend": self.settings.backend,
+            "version": version(),
+        }
         # Read once per chunk, not once per item (the roots' default looks up the working directory).
         self.input_roots = tuple(self.settings.allowed_input_roots)
         self.s3 = self.settings.s3_options()
@@ -84,7 +97,7 @@ class Inputs:
                 )
             for p in prepared:
                 if p.fingerprint in found:
-                    p.reused = found[p.fingerprint]
+                    p.reused, p.provenance = found[p.fingerprint]
         self.rt.liveness.beat()
         return prepared
 
@@ -94,15 +107,28 @@ class Inputs:
             image, digest = (
                 self._load_image(item.source) if self.kind is not JobKind.GENERATE else (None, None)
             )
-            request = self._request(item, image)
+            params = self._params(item.params)
+            request = self._request(item, params, image)
+            image_format, quality = (
+                output_format(params) if self.kind is not JobKind.CAPTION else (None, None)
+            )
             made_of = fingerprint(
                 kind=self.kind.value,
                 request=request,
                 input_digest=digest,
                 model=self.model,
                 output_url=self.output_url,
+                image_format=image_format,
+                quality=quality,
             )
-            return Prepared(item, request=self.rt.backend.prepare(request), fingerprint=made_of)
+            return Prepared(
+                item,
+                request=self.rt.backend.prepare(request),
+                fingerprint=made_of,
+                provenance=self._provenance(request, image_format, quality),
+                image_format=image_format,
+                quality=quality,
+            )
         except errors.Transient:
             raise
         except errors.BadInput as exc:
@@ -148,8 +174,27 @@ class Inputs:
             return self.base_params
         return resolve(self.kind, {}, overrides, self.base_params)
 
-    def _request(self, item: ClaimedItem, image: Image.Image | None) -> Request:
-        p = self._params(item.params)
+    def _provenance(self, request: Request, image_format: str | None, quality: int | None) -> dict[str, Any]:
+        """The item's provenance as far as it is known before the model runs (jobs.provenance)."""
+        if isinstance(request, CaptionRequest):
+            made: dict[str, Any] = {
+                "prompt": request.prompt,
+                "seed": request.seed,
+                "max_new_tokens": request.max_new_tokens,
+                "temperature": request.temperature,
+            }
+        elif isinstance(request, GenerateRequest):
+            made = {"prompt": request.prompt, "seed": request.seed, "steps": request.steps}
+            made |= {"txt_cfg": request.txt_cfg, "width": request.width, "height": request.height}
+        else:
+            made = {"prompt": request.instruction, "seed": request.seed, "steps": request.steps}
+            # The size follows the input: known once the model made the image (workers.batches).
+            made |= {"txt_cfg": request.txt_cfg, "img_cfg": request.img_cfg, "width": None, "height": None}
+        if image_format is not None:
+            made |= {"image_format": image_format, "quality": quality}
+        return {"kind": self.kind.value, **made, **self.made_by}
+
+    def _request(self, item: ClaimedItem, p: dict[str, Any], image: Image.Image | None) -> Request:
         seed = (item.params or {}).get("seed")
         seed = int(seed) if seed is not None else item_seed(int(self.job_params.get("seed", 0)), item.key)
         if self.kind is JobKind.CAPTION:

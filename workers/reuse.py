@@ -2,9 +2,12 @@
 
 Every recorded success carries a fingerprint of everything its output depends on: the job kind, the
 input's bytes (a digest of what the worker read), the request as the model got it (prompt or instruction
-actually used, every parameter, the seed), the backend and model (path and revision), ovis-batch's version
-and the output location. An item of a job that reuses outputs takes an earlier item's output only when the
-fingerprints are equal, and, for images, only when that output is still in storage.
+actually used, every parameter, the seed), the backend and model (path and revision), ovis-batch's version,
+the output location and, for images, the format and quality the output is written in (a PNG is never
+reused for a JPEG). An item of a job that reuses outputs takes an earlier item's output, and its provenance,
+only when the fingerprints are equal, and, for images, only when that output is still in storage. Outputs
+recorded before formats were fingerprinted are never reused: nothing says how they were encoded, nor records
+their provenance.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def input_digest(data: bytes) -> str:
 
 
 @functools.cache
-def _version() -> str:
+def version() -> str:
+    """ovis-batch's version, as installed."""
     try:
         return metadata.version("ovis-batch")
     except metadata.PackageNotFoundError:
@@ -42,11 +46,21 @@ def _version() -> str:
 
 def model_identity(settings: Settings) -> str:
     """What names the model a worker runs: backend, weights path or hub id, revision, ovis-batch version."""
-    return f"{settings.backend}|{settings.model_path}@{settings.model_revision or ''}|ovis-batch {_version()}"
+    return f"{settings.backend}|{settings.model_path}@{settings.model_revision or ''}|ovis-batch {version()}"
 
 
-def fingerprint(*, kind: str, request: Any, input_digest: str | None, model: str, output_url: str) -> str:
-    """The fingerprint of one item's output (see the module's docstring)."""
+def fingerprint(
+    *,
+    kind: str,
+    request: Any,
+    input_digest: str | None,
+    model: str,
+    output_url: str,
+    image_format: str | None = None,
+    quality: int | None = None,
+) -> str:
+    """The fingerprint of one item's output (see the module's docstring); `image_format` and `quality` are
+    None for captions."""
     parameters = {
         field.name: getattr(request, field.name)
         for field in dataclasses.fields(request)
@@ -58,6 +72,7 @@ def fingerprint(*, kind: str, request: Any, input_digest: str | None, model: str
         "request": parameters,
         "model": model,
         "output": output_url,
+        "encoding": [image_format, quality],
     }
     text = json.dumps(described, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -70,16 +85,17 @@ def find_reusable(
     fingerprints: Collection[str],
     images: bool,
     s3: S3Options | None,
-) -> dict[str, str]:
-    """Outputs of other jobs' succeeded items per fingerprint; image outputs only if still in storage."""
+) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Outputs of other jobs' succeeded items, with their provenance, per fingerprint; image outputs only if
+    still in storage."""
     found = reusable_outputs(session, job_id=job_id, fingerprints=fingerprints)
     if not images:
         return found
     kept = {}
-    for print_, url in found.items():
+    for print_, (url, provenance) in found.items():
         try:
             if exists_url(url, s3):
-                kept[print_] = url
+                kept[print_] = (url, provenance)
         except StorageError:
             continue  # cannot tell: compute it again rather than point at what may be gone
     return kept

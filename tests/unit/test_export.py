@@ -58,7 +58,28 @@ def test_rows_as_jsonl_and_parquet_also_while_the_job_runs(tmp_path: Path) -> No
         "error_code",
         "error",
         "attempts",
+        "kind",
+        "seed",
+        "max_new_tokens",
+        "temperature",
+        "model",
+        "model_revision",
+        "backend",
+        "version",
     ]
+    # The prompt the model got, the backend's default here, and numbers as numbers.
+    first = table.to_pylist()[0]
+    assert (first["prompt"], first["max_new_tokens"], first["kind"]) == (
+        "Describe this image in detail.",
+        32,
+        "caption",
+    )
+    assert (
+        table.schema.field("seed").type == pa.int64()
+        and table.schema.field("temperature").type == pa.float64()
+    )
+    # Items not recorded yet have no provenance; their prompt is their own (the job's default: empty).
+    assert (rows[4]["prompt"], rows[4]["seed"], rows[4]["backend"]) == ("", None, None)
     with pytest.raises(InvalidParameters, match="unknown item state"):
         runner.client.export(job_id, str(tmp_path / "x.jsonl"), statuses=["done"])
 
@@ -205,7 +226,9 @@ def test_csv_and_parquet_manifests_keep_their_format_and_columns(tmp_path: Path)
     client.export(again.id, str(tmp_path / "out2.csv"), "manifest")
     with open(tmp_path / "out2.csv", newline="") as handle:
         header = next(csv.reader(handle))
-    assert header == ["id", "image", "caption", "ovis_caption"]
+    provenance = ["kind", "prompt", "seed", "max_new_tokens", "temperature", "model", "model_revision"]
+    provenance += ["backend", "version"]
+    assert header == ["id", "image", "caption", "ovis_caption", *(f"ovis_{name}" for name in provenance)]
 
     table = pa.Table.from_pylist(
         [{"key": f"p{i}", "file": f"img/photo{i:03d}.jpg", "w": i, "caption": f"alt {i}"} for i in range(3)]

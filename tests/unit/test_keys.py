@@ -10,7 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobs.errors import InvalidParameters
-from jobs.keys import MAX_NAME_BYTES, check_output_name, decode_name, encode_name, output_key
+from jobs.keys import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    MAX_EXT_BYTES,
+    MAX_NAME_BYTES,
+    check_output_name,
+    decode_name,
+    encode_name,
+    image_output_key,
+    output_key,
+)
 from storage import LocalStore
 from storage.base import check_key
 
@@ -24,6 +34,32 @@ ids = st.text(
 def test_two_different_ids_never_share_an_output_key(a: str, b: str) -> None:
     if a != b:
         assert output_key("j" * 32, a, "png") != output_key("j" * 32, b, "png")
+
+
+formats = st.sampled_from(sorted(EXTENSIONS))
+
+
+@given(ids, formats, ids, formats)
+def test_two_items_never_share_a_key_whatever_their_formats(a: str, fa: str, b: str, fb: str) -> None:
+    # "a.jpg" as PNG and "a" as JPEG, "a.png" as WebP and "a.png.webp" as PNG: the extension holds no ".", so
+    # the last "." of a key always splits it into the item's name and its format's extension.
+    if a != b:
+        assert image_output_key("j" * 32, a, fa) != image_output_key("j" * 32, b, fb)
+
+
+@given(ids, formats)
+def test_a_key_names_its_item_and_its_format(item_id: str, image_format: str) -> None:
+    key = image_output_key("j" * 32, item_id, image_format)
+    name, _, ext = key.removeprefix("j" * 32 + "/").rpartition(".")
+    assert (decode_name(name), ext) == (item_id, EXTENSIONS[image_format])
+    check_key(key)
+
+
+def test_each_format_has_its_extension_and_content_type() -> None:
+    assert EXTENSIONS == {"png": "png", "jpeg": "jpg", "webp": "webp"}
+    assert CONTENT_TYPES == {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+    assert max(len(ext) for ext in EXTENSIONS.values()) == MAX_EXT_BYTES
+    assert image_output_key("j" * 32, "a.jpg", "png") == "j" * 32 + "/a.jpg.png"
 
 
 @given(ids)

@@ -364,8 +364,11 @@ def test_a_parameter_of_another_kind_is_refused_naming_it_and_what_the_kind_take
         match=rf"line 3: field '{field}' is a per-item parameter of {owner} jobs, not of {kind.value}",
     ) as error:
         list(iter_source(kind, str(manifest)))
-    takes = {JobKind.CAPTION: "max_new_tokens, seed", JobKind.EDIT: "img_cfg, seed, steps, txt_cfg"}
-    assert takes.get(kind, "height, seed, steps, txt_cfg, width") in str(error.value)
+    takes = {
+        JobKind.CAPTION: "max_new_tokens, seed",
+        JobKind.EDIT: "image_format, img_cfg, quality, seed, steps, txt_cfg",
+    }
+    assert takes.get(kind, "height, image_format, quality, seed, steps, txt_cfg, width") in str(error.value)
     # Empty in every record: nothing is lost, the manifest is read.
     manifest.write_text(f"{header}\n{empty}\n")
     assert len(list(iter_source(kind, str(manifest)))) == 1

@@ -4,12 +4,20 @@ import pytest
 
 from jobs.errors import InvalidParameters
 from jobs.lifecycle import JobKind
-from jobs.params import item_seed, resolve, validate_params, validate_text
+from jobs.params import DEFAULT_QUALITY, item_seed, output_format, resolve, validate_params, validate_text
 
 
 def test_valid_generate_params_keep_their_values() -> None:
     params = validate_params(JobKind.GENERATE, {"width": 512, "height": 768, "steps": 30, "seed": 7})
-    assert params.model_dump() == {"seed": 7, "width": 512, "height": 768, "steps": 30, "txt_cfg": None}
+    assert params.model_dump() == {
+        "seed": 7,
+        "width": 512,
+        "height": 768,
+        "steps": 30,
+        "txt_cfg": None,
+        "image_format": None,
+        "quality": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -22,6 +30,10 @@ def test_valid_generate_params_keep_their_values() -> None:
         (JobKind.EDIT, {"img_cfg": -3}, "img_cfg"),
         (JobKind.CAPTION, {"max_new_tokens": 0}, "max_new_tokens"),
         (JobKind.CAPTION, {"colour": "red"}, "Extra inputs are not permitted"),
+        (JobKind.GENERATE, {"image_format": "gif"}, "image_format: Input should be 'png', 'jpeg' or 'webp'"),
+        (JobKind.EDIT, {"quality": 0}, "quality: Input should be greater than or equal to 1"),
+        (JobKind.EDIT, {"quality": 101}, "less than or equal to 100"),
+        (JobKind.CAPTION, {"image_format": "jpeg"}, "Extra inputs are not permitted"),
     ],
 )
 def test_invalid_params_say_what_is_allowed(kind: JobKind, values: dict[str, object], expected: str) -> None:
@@ -52,3 +64,23 @@ def test_resolve_layers_defaults_job_and_item() -> None:
         {"steps": 50, "width": 1024, "height": 1024},
     )
     assert merged == {"steps": 20, "width": 128, "height": 1024}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, ("png", None)),
+        ({"quality": 40}, ("png", None)),  # lossless: no quality
+        ({"image_format": "jpeg"}, ("jpeg", DEFAULT_QUALITY)),
+        ({"image_format": "webp", "quality": 75}, ("webp", 75)),
+    ],
+)
+def test_outputs_are_png_unless_asked_and_quality_is_for_lossy_formats(
+    given: dict[str, object], expected: tuple[str, int | None]
+) -> None:
+    assert output_format(given) == expected
+
+
+def test_an_image_format_is_read_whatever_its_case_and_jpg_is_jpeg() -> None:
+    assert validate_params(JobKind.EDIT, {"image_format": " JPG "}).model_dump()["image_format"] == "jpeg"
+    assert validate_params(JobKind.GENERATE, {"image_format": "WebP"}).model_dump()["image_format"] == "webp"

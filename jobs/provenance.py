@@ -13,7 +13,7 @@ from typing import Any
 
 from jobs.lifecycle import JobKind
 
-#: Every field and its type; a field a kind does not use is absent from that kind's outputs and null in rows.
+#: Every field and its type; each kind's outputs, rows and exports hold the fields of FIELDS[kind] only.
 FIELD_TYPES: dict[str, type] = {
     "kind": str,
     #: The caption question (the backend's default when the job set none), generation prompt or edit

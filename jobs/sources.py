@@ -41,8 +41,9 @@ TEXT_FIELDS: dict[JobKind, tuple[str, ...]] = {
     JobKind.GENERATE: ("prompt", "text", "caption"),
     JobKind.EDIT: ("instruction", "prompt", "edit"),
 }
-#: Fields that dataset tools write as facts about an image (img2dataset: the original's size).
-IMAGE_FACTS = frozenset({"width", "height"})
+#: Fields datasets carry as facts about an image (img2dataset: the original's size; others: a quality score,
+#: the file's format). A caption job makes no image: in its manifests these never name output parameters.
+IMAGE_FACTS = frozenset({"width", "height", "quality", "image_format"})
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,7 @@ class ManifestReader:
 def _refused_params(kind: JobKind) -> frozenset[str]:
     """Per-item parameters of other kinds, which a manifest of this kind must not set."""
     others = frozenset().union(*ITEM_PARAMS.values()) - ITEM_PARAMS[kind]
-    # Dataset tools (img2dataset) write each image's original size in width / height: facts about the image
-    # to caption, not output sizes.
+    # Facts about the image to caption (IMAGE_FACTS): a caption job has no output image to parametrise.
     return others - IMAGE_FACTS if kind is JobKind.CAPTION else others
 
 

@@ -375,7 +375,8 @@ def test_a_parameter_of_another_kind_is_refused_naming_it_and_what_the_kind_take
 
 
 def test_other_fields_are_ignored_and_named_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # img2dataset's per-shard Parquet: width / height are the original image's size, not output sizes.
+    # img2dataset's per-shard Parquet: width / height are the original image's size, not output sizes; a
+    # quality score and the file's format are facts about the image too (a caption job makes no image).
     table = pa.table(
         {
             "key": ["000000000", "000000001"],
@@ -384,6 +385,8 @@ def test_other_fields_are_ignored_and_named_once(tmp_path: Path, caplog: pytest.
             "status": ["success", "success"],
             "width": pa.array([640, 480], pa.int64()),
             "height": pa.array([480, 640], pa.int64()),
+            "quality": pa.array([0.7, 0.9]),
+            "image_format": ["jpeg", "jpeg"],
         }
     )
     pq.write_table(table, tmp_path / "shard.parquet")
@@ -391,8 +394,8 @@ def test_other_fields_are_ignored_and_named_once(tmp_path: Path, caplog: pytest.
         items = list(iter_source(JobKind.CAPTION, str(tmp_path / "shard.parquet")))
     assert [(i.key, i.params) for i in items] == [("000000000", None), ("000000001", None)]
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path}/shard.parquet: field(s) caption, height, status, width are not read by caption jobs "
-        "and were ignored"
+        f"{tmp_path}/shard.parquet: field(s) caption, height, image_format, quality, status, width are not "
+        "read by caption jobs and were ignored"
     ]
     caplog.clear()
     manifest = tmp_path / "m.jsonl"

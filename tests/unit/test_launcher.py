@@ -22,8 +22,8 @@ from workers.launcher import celery_argv
 
 
 def test_a_gpu_worker_runs_one_chunk_on_a_pool_thread_and_a_prefork_one_per_process() -> None:
-    # Celery reserves concurrency x prefetch multiplier (1) messages: a GPU worker holds no chunk other workers
-    # could run, and its consumer loop stays free while its one pool thread runs a chunk.
+    # Celery reserves concurrency x prefetch multiplier (1) messages: a GPU worker holds no chunk other
+    # workers could run, and its consumer loop stays free while its one pool thread runs a chunk.
     gpu = celery_argv(node="gpu0@h", queues=["q"], concurrency=1, loglevel="INFO")
     assert "--pool=threads" in gpu and "--concurrency=1" in gpu
     prefork = celery_argv(node="cpu@h", queues=["q", "r"], concurrency=3, loglevel="INFO")

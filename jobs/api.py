@@ -1,28 +1,47 @@
-"""The producer's Python API; the CLI is a thin layer over it."""
+"""The producer's Python API; the CLI is a thin layer over it.
+
+    from jobs.api import Client
+    from jobs.lifecycle import JobKind
+    from jobs.settings import Settings
+
+    client = Client(Settings())                      # OVIS_BATCH_* from the environment, else embedded
+    job_id = client.submit(JobKind.CAPTION, "photos/", notify_url="https://example.com/hooks/ovis")
+    report = client.wait(job_id, timeout=3600)       # the final JobReport; TimeoutError if not ended
+    for row in client.iter_results(job_id):          # the rows of results.jsonl, in source order
+        print(row["id"], row["status"], row["output"])
+
+README (Python API) has the whole example.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, true
+from sqlalchemy import and_, select, true
 
 from jobs.db import ensure_schema, session_scope
 from jobs.dispatch import PUBLISH_BATCH, CeleryDispatcher, Dispatcher, send_chunks
-from jobs.errors import JobNotFound
-from jobs.export import ExportOptions, export_job
+from jobs.errors import InvalidParameters, JobNotFound
+from jobs.export import ExportOptions, export_job, iter_rows
+from jobs.failures import ERRORS_SCANNED, errors_by_code
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
+from jobs.notify import NotifyReport
 from jobs.results import deliver_results
 from jobs.settings import Settings
 from jobs.sources import Columns, iter_source
 from jobs.state import cancel_items, finalize_job, now, reopen_job, transition
 from jobs.submit import ItemSpec, submit_job
+from jobs.webhook import check_notify_url
 
-#: Failed items read at most to count failures by error code.
-ERRORS_SCANNED = 100_000
+#: The shortest job id prefix `resolve` accepts: as much as the progress bar shows.
+SHORT_ID_CHARS = 8
+#: Candidates an ambiguous prefix names at most.
+CANDIDATES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -53,17 +72,27 @@ class JobReport:
     export_pending: bool = False
     #: Why the last try of the results file failed, while it is pending.
     export_error: str | None = None
+    #: Model time spent on the job's items so far (jobs/cost.py).
+    gpu_seconds: float = 0.0
+    #: The notification sent when the job ends, and how its delivery went; None without a URL.
+    notification: NotifyReport | None = None
 
     @property
     def done(self) -> int:
         """Items that have ended, whatever their outcome."""
         return self.succeeded + self.failed + self.cancelled
 
+    @property
+    def final(self) -> bool:
+        """Whether the job has ended."""
+        return JobStatus(self.status).final
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         values = asdict(self)
         for name in ("created_at", "started_at", "finished_at"):
             values[name] = values[name].isoformat() if values[name] else None
+        values["notification"] = self.notification.as_dict() if self.notification else None
         return values
 
 
@@ -89,6 +118,8 @@ def _report(job: Job) -> JobReport:
         submitting=job.submitting,
         export_pending=JobStatus(job.status).final and job.export_url is None,
         export_error=job.export_error if job.export_url is None else None,
+        gpu_seconds=job.gpu_seconds or 0.0,
+        notification=NotifyReport.of(job),
     )
 
 
@@ -119,9 +150,12 @@ class Client:
         output_url: str | None = None,
         skip_existing: bool = False,
         columns: Columns | None = None,
+        notify_url: str | None = None,
     ) -> str:
         """Submit every item of `source` (folder, S3 prefix, prompt file, manifest or tar shards); return
-        the job id. `skip_existing` keeps outputs earlier jobs made for the same ids, not recomputing them."""
+        the job id. `skip_existing` keeps outputs earlier jobs made for the same ids, not recomputing them.
+        `notify_url` (default: OVIS_BATCH_NOTIFY_URL) gets a signed POST when the job ends (jobs.notify)."""
+        self._notify_url(notify_url)  # refused before the source is read
         items = iter_source(kind, source, self.settings.s3_options(), columns)
         return self.submit_items(
             kind,
@@ -132,6 +166,7 @@ class Client:
             output_url=output_url,
             skip_existing=skip_existing,
             source_options=asdict(columns) if columns else None,
+            notify_url=notify_url,
         )
 
     def submit_items(
@@ -145,6 +180,7 @@ class Client:
         output_url: str | None = None,
         skip_existing: bool = False,
         source_options: dict[str, Any] | None = None,
+        notify_url: str | None = None,
     ) -> str:
         """Submit items given directly; return the job id."""
         return submit_job(
@@ -158,7 +194,13 @@ class Client:
             output_url=output_url,
             skip_existing=skip_existing,
             source_options=source_options,
+            notify_url=self._notify_url(notify_url),
         )
+
+    def _notify_url(self, given: str | None) -> str | None:
+        """The job's notification URL: the one given, else the settings' default; checked (http(s) only)."""
+        url = given if given is not None else self.settings.notify_url
+        return check_notify_url(url) if url.strip() else None
 
     def status(self, job_id: str) -> JobReport:
         """The job's counters and state."""
@@ -168,20 +210,62 @@ class Client:
                 raise JobNotFound(f"no job {job_id}")
             return _report(job)
 
+    def resolve(self, job_id: str) -> str:
+        """The full id of the job `job_id` names: the id itself, or a unique prefix of at least 8 characters
+        (what the progress bar shows). JobNotFound when none matches; InvalidParameters, naming the
+        candidates, when several do."""
+        text = job_id.strip().lower()
+        if len(text) < SHORT_ID_CHARS:
+            raise InvalidParameters(
+                f"job id {job_id!r} is too short: give the whole id or at least its first {SHORT_ID_CHARS} "
+                "characters"
+            )
+        query = select(Job.id).where(Job.id.startswith(text, autoescape=True)).order_by(Job.id)
+        with session_scope(self.db) as session:
+            if session.get(Job, text) is not None:
+                return text
+            found = list(session.scalars(query.limit(CANDIDATES_SHOWN + 1)))
+        if not found:
+            raise JobNotFound(f"no job {job_id}")
+        if len(found) > 1:
+            shown = ", ".join(found[:CANDIDATES_SHOWN]) + (", ..." if len(found) > CANDIDATES_SHOWN else "")
+            raise InvalidParameters(f"job id {job_id!r} is ambiguous: it begins {shown}; give more of it")
+        return found[0]
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll_s: float = 1.0,
+        on_progress: Callable[[JobReport], None] | None = None,
+    ) -> JobReport:
+        """Block until the job has ended and return its final report (its counters, the results file's URL);
+        TimeoutError when it has not ended within `timeout` seconds (None: wait for ever). The job's row is
+        read every `poll_s` seconds; `on_progress` gets each report read."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            report = self.status(job_id)
+            if on_progress is not None:
+                on_progress(report)
+            if report.final:
+                return report
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} has not ended within {timeout:g}s ({report.status})")
+            pause = poll_s if deadline is None else min(poll_s, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+
+    def iter_results(self, job_id: str, statuses: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """The job's items as the rows of its results.jsonl (id, input, prompt, output, status, error, ...),
+        in source order, streamed from the database: also while the job runs, as far as it has come.
+        `statuses` keeps only items in those states."""
+        self.status(job_id)  # JobNotFound now, not at the first row
+        return iter_rows(self.settings, job_id, tuple(statuses))
+
     def errors_by_code(self, job_id: str, limit: int = ERRORS_SCANNED) -> dict[str, int]:
         """Failed items per error code, over at most `limit` failed items (through the status index, which
         holds failed items only, so the cost follows the failures, not the job's size)."""
-        # The state inline, not bound: the planner must see it to use the partial status index.
-        failed_state = literal(ItemStatus.FAILED.value, literal_execute=True)
-        failed = (
-            select(Item.error_code)
-            .where(Item.job_id == job_id, Item.status == failed_state)
-            .limit(limit)
-            .subquery()
-        )
-        with session_scope(self.db) as session:
-            rows = session.execute(select(failed.c.error_code, func.count()).group_by(failed.c.error_code))
-            return {code or "unknown": count for code, count in rows}
+        return errors_by_code(self.db, job_id, limit)
 
     def list(
         self,

@@ -7,19 +7,26 @@ gpu_model, so a producer without the model stack runs every one of them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from jobs.api import Client, JobReport
+from jobs.errors import InvalidExport
 from jobs.export import ExportOptions, ExportReport, write_export
 from jobs.export_destination import format_of
-from jobs.lifecycle import JobKind, JobStatus
-from jobs.settings import get_settings
-from jobs.terminal import console, guard
+from jobs.lifecycle import JobKind
+from jobs.settings import Settings, get_settings
+from jobs.terminal import console, err, guard
+from jobs.version import package_version
 
 app = typer.Typer(
     help="Batch captioning, text-to-image and editing with Ovis-U1.",
@@ -31,14 +38,58 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 app.add_typer(db_app, name="db")
 
-#: What a job command of one kind does with what it was given: kind, source, parameters, priority, output URL
-#: and whether to reuse earlier outputs.
-KindAction = Callable[[JobKind, str, dict[str, Any], int, str | None, bool], None]
+#: `--out -`: the export goes to stdout.
+STDOUT = "-"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"ovis-batch {package_version()}")
+        raise typer.Exit()
+
+
+#: The options before any command; the console script (workers.cli) makes this its callback.
+def main_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Batch captioning, text-to-image and editing with Ovis-U1."""
+
+
+#: What a job command of one kind does with what it was given: kind, source, parameters, priority, output URL,
+#: whether to reuse earlier outputs, and the URL to notify when the job ends.
+KindAction = Callable[[JobKind, str, dict[str, Any], int, str | None, bool, str | None], None]
 
 
 # -- submit / run: one definition of each kind's options, used by both (run: workers.cli) --------------------
-InputOpt = typer.Option(
-    ..., "--input", "-i", help="Folder, s3:// prefix, prompt .txt or .jsonl/.csv/.parquet"
+CaptionInputOpt = typer.Option(
+    ...,
+    "--input",
+    "-i",
+    help="Images to caption: a folder or s3:// prefix (read recursively), WebDataset tar shards "
+    "(shards/{00000..00099}.tar, local or s3://), or a .jsonl/.csv/.parquet manifest with an image column "
+    "(.jsonl.gz and .csv.gz too).",
+)
+GenerateInputOpt = typer.Option(
+    ...,
+    "--input",
+    "-i",
+    help="Prompts: a .txt file (one prompt per line) or a .jsonl/.csv/.parquet manifest with a prompt "
+    "column, local or s3://.",
+)
+EditInputOpt = typer.Option(
+    ...,
+    "--input",
+    "-i",
+    help="A .jsonl/.csv/.parquet manifest with an image and an instruction column, local or s3://; image "
+    "references relative to the manifest's folder.",
+)
+NotifyOpt = typer.Option(
+    None,
+    "--notify-url",
+    help="POST a signed JSON notification to this http(s) URL when the job ends (default: "
+    "OVIS_BATCH_NOTIFY_URL; README, Notifications).",
 )
 SeedOpt = typer.Option(42, help="Job seed; each item's seed derives from it and the item's id.")
 PriorityOpt = typer.Option(0, min=0, max=9, help="0 (lowest) to 9: higher runs first.")
@@ -69,7 +120,7 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
 
     @target.command("caption")
     def caption(
-        input: str = InputOpt,
+        input: str = CaptionInputOpt,
         prompt: str | None = typer.Option(None, help="Question put to the model for every image."),
         max_new_tokens: int | None = typer.Option(None, help="Longest caption, in tokens."),
         temperature: float = typer.Option(0.0, help="0 = greedy decoding."),
@@ -77,14 +128,15 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
         skip_existing: bool = SkipOpt,
+        notify_url: str | None = NotifyOpt,
     ) -> None:
         """Caption images."""
         params = _drop_none(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        action(JobKind.CAPTION, input, params, priority, output, skip_existing)
+        action(JobKind.CAPTION, input, params, priority, output, skip_existing, notify_url)
 
     @target.command("generate")
     def generate(
-        input: str = InputOpt,
+        input: str = GenerateInputOpt,
         width: int | None = typer.Option(None, help="Output width (multiple of 16)."),
         height: int | None = typer.Option(None, help="Output height (multiple of 16)."),
         steps: int | None = typer.Option(None, help="Sampling steps."),
@@ -95,15 +147,16 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
         skip_existing: bool = SkipOpt,
+        notify_url: str | None = NotifyOpt,
     ) -> None:
         """Render images from prompts."""
         params = _drop_none(width=width, height=height, steps=steps, txt_cfg=txt_cfg, seed=seed)
         params |= _drop_none(image_format=image_format, quality=quality)
-        action(JobKind.GENERATE, input, params, priority, output, skip_existing)
+        action(JobKind.GENERATE, input, params, priority, output, skip_existing, notify_url)
 
     @target.command("edit")
     def edit(
-        input: str = InputOpt,
+        input: str = EditInputOpt,
         steps: int | None = typer.Option(None, help="Sampling steps."),
         img_cfg: float | None = typer.Option(None, help="Image guidance scale."),
         txt_cfg: float | None = typer.Option(None, help="Text guidance scale."),
@@ -113,20 +166,33 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
         skip_existing: bool = SkipOpt,
+        notify_url: str | None = NotifyOpt,
     ) -> None:
         """Edit images following instructions (a manifest of image + instruction)."""
         params = _drop_none(steps=steps, img_cfg=img_cfg, txt_cfg=txt_cfg, seed=seed)
         params |= _drop_none(image_format=image_format, quality=quality)
-        action(JobKind.EDIT, input, params, priority, output, skip_existing)
+        action(JobKind.EDIT, input, params, priority, output, skip_existing, notify_url)
 
 
 def _submit(
-    kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
+    kind: JobKind,
+    source: str,
+    params: dict[str, Any],
+    priority: int,
+    output: str | None,
+    skip: bool,
+    notify_url: str | None,
 ) -> None:
     client = Client(get_settings())
     job_id = guard(
         lambda: client.submit(
-            kind, source, params=params, priority=priority, output_url=output, skip_existing=skip
+            kind,
+            source,
+            params=params,
+            priority=priority,
+            output_url=output,
+            skip_existing=skip,
+            notify_url=notify_url,
         )
     )
     report = client.status(job_id)
@@ -139,74 +205,31 @@ register_kinds(submit_app, _submit)
 
 
 # -- watching and managing ---------------------------------------------------------------------------------
+JobIdArg = typer.Argument(
+    ..., help="The job's id, or its first 8 characters or more (as the progress bar shows them)."
+)
+
+
 @app.command()
 def status(
-    job_id: str,
+    job_id: str = JobIdArg,
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until the job ends."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     interval: float = typer.Option(1.0, help="Seconds between refreshes with --watch."),
 ) -> None:
-    """Show a job's progress: counters, rate, ETA and failures by error code (--watch: live)."""
-    from jobs.progress import eta_seconds, overall_rate
+    """Show a job's progress: counters, rate, ETA, GPU time, failures, notification (--watch: live)."""
+    from jobs.progress import print_report, report_json
     from jobs.progress import watch as watch_job
 
     client = Client(get_settings())
+    job_id = guard(lambda: client.resolve(job_id))
     report: JobReport = guard(lambda: client.status(job_id))
     if as_json:
-        rate = overall_rate(report)
-        errors = client.errors_by_code(job_id) if report.failed else {}
-        data = report.as_dict() | {"errors": errors, "rate": rate, "eta_s": eta_seconds(report, rate)}
-        print(json.dumps(data))
+        print(json.dumps(report_json(report, client.errors_by_code(job_id) if report.failed else {})))
         return
-    if watch and not JobStatus(report.status).final:
+    if watch and not report.final:
         report = watch_job(client, job_id, console, interval)
-    _print_report(report, client.errors_by_code(job_id) if report.failed else {})
-
-
-def _rate_text(report: JobReport) -> str:
-    from jobs.progress import eta_seconds, format_duration, overall_rate
-
-    rate = overall_rate(report)
-    if rate is None:
-        return "-"
-    eta = "" if JobStatus(report.status).final else f", ETA {format_duration(eta_seconds(report, rate))}"
-    return f"{rate:,.1f} items/s{eta}"
-
-
-def _results_text(report: JobReport) -> str:
-    if report.export_url:
-        return report.export_url
-    if report.export_pending:
-        why = f": last try failed, {report.export_error}" if report.export_error else ""
-        return f"export pending{why} (the reconciler writes it)"
-    return "-"
-
-
-def _print_report(report: JobReport, errors: dict[str, int]) -> None:
-    table = Table(show_header=False, box=None)
-    for name, value in [
-        ("job", report.id),
-        ("kind", report.kind),
-        ("status", report.status),
-        ("priority", report.priority),
-        ("items", f"{report.total} so far, the source is still read" if report.submitting else report.total),
-        ("queued", report.queued),
-        ("running", report.running),
-        ("succeeded", report.succeeded),
-        ("failed", report.failed),
-        ("cancelled", report.cancelled),
-        ("skipped", report.skipped),
-        ("rate", _rate_text(report)),
-        ("created", report.created_at),
-        ("started", report.started_at),
-        ("finished", report.finished_at),
-        ("outputs", report.output_url),
-        ("results", _results_text(report)),
-    ]:
-        table.add_row(name, str(value if value is not None else "-"))
-    for code, count in sorted(errors.items()):
-        table.add_row(f"  {code}", str(count))
-    console.print(table)
+    print_report(console, report, client.errors_by_code(job_id) if report.failed else {})
 
 
 @app.command("list")
@@ -218,7 +241,7 @@ def list_jobs(
     limit: int = typer.Option(50, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first, with their progress, GPU time and source."""
     from jobs.progress import parse_since
 
     states = [part.strip() for part in status.split(",") if part.strip()] if status else None
@@ -228,7 +251,8 @@ def list_jobs(
         for report in reports:
             print(json.dumps(report.as_dict()))
         return
-    table = Table("kind", "status", "prio", "done", "failed", "created")
+    table = Table("kind", "status", "prio", "done", "failed", "GPU-s", "created")
+    table.add_column("source", overflow="fold", max_width=48)
     table.add_column("job", no_wrap=True, min_width=32)
     for r in reports:
         table.add_row(
@@ -237,7 +261,9 @@ def list_jobs(
             str(r.priority),
             f"{r.done}/{r.total}",
             str(r.failed),
+            f"{r.gpu_seconds:,.1f}",
             r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-",
+            escape(r.source) or "-",
             r.id,
         )
     console.print(table)
@@ -245,13 +271,14 @@ def list_jobs(
 
 @app.command()
 def export(
-    job_id: str,
+    job_id: str = JobIdArg,
     out: str | None = typer.Option(
         None,
         "--out",
         "-o",
         help="A file, or a folder: a path ending in / or naming an existing folder, s3://bucket/prefix/ "
-        "(README, Outputs). txt without --out: a caption file beside each image.",
+        "(README, Outputs); - writes a one-file export to stdout (jsonl unless --format says). txt without "
+        "--out: a caption file beside each image.",
     ),
     fmt: str = typer.Option(
         "",
@@ -277,41 +304,68 @@ def export(
     settings = get_settings()
 
     def run() -> ExportReport:
-        options = ExportOptions(fmt=fmt or format_of(out), statuses=states, column=column, presign=presign)
-        return write_export(settings, job_id, out, options)
+        chosen = fmt or ("jsonl" if out == STDOUT else format_of(out))
+        options = ExportOptions(fmt=chosen, statuses=states, column=column, presign=presign)
+        full_id = Client(settings).resolve(job_id)
+        if out == STDOUT:
+            return _export_to_stdout(settings, full_id, options)
+        return write_export(settings, full_id, out, options)
 
     report: ExportReport = guard(run)
-    console.print(report.describe(), markup=False)
+    # With --out -, stdout holds the export alone: what was written is said on stderr.
+    (err if out == STDOUT else console).print(report.describe(), markup=False)
+
+
+def _export_to_stdout(settings: Settings, job_id: str, options: ExportOptions) -> ExportReport:
+    """Write a one-file export to a temporary folder, then copy it to stdout; what was written."""
+    if options.fmt == "txt":
+        raise InvalidExport("txt writes a caption file per image: give --out a folder, not -")
+    with tempfile.TemporaryDirectory(prefix="ovis-export-") as folder:
+        report = write_export(settings, job_id, folder + os.sep, options)
+        if report.files != 1 or report.destination is None:
+            raise InvalidExport(
+                f"this {options.fmt} export is {report.files} files (one per shard): give --out a folder, "
+                "not -"
+            )
+        with open(report.destination, "rb") as written:
+            shutil.copyfileobj(written, sys.stdout.buffer)
+        sys.stdout.flush()
+    return replace(report, destination="stdout")
 
 
 @app.command()
-def cancel(job_id: str) -> None:
+def cancel(job_id: str = JobIdArg) -> None:
     """Cancel a job: nothing new starts; running micro-batches finish."""
-    report = guard(lambda: Client(get_settings()).cancel(job_id))
-    console.print(f"job {job_id}: {report.status}")
+    client = Client(get_settings())
+    report = guard(lambda: client.cancel(client.resolve(job_id)))
+    console.print(f"job {report.id}: {report.status}")
 
 
 @app.command()
 def resume(
-    job_id: str,
+    job_id: str = JobIdArg,
     release_running: bool = typer.Option(
         False, "--release-running", help="Also take back items leased to workers known to be gone."
     ),
 ) -> None:
     """Re-dispatch every item of a job that has not ended (queued, expired leases, cancelled)."""
-    count = guard(lambda: Client(get_settings()).resume(job_id, release_running=release_running))
+    client = Client(get_settings())
+    job_id = guard(lambda: client.resolve(job_id))
+    count = guard(lambda: client.resume(job_id, release_running=release_running))
     console.print(f"re-dispatched {count} items of job {job_id}")
 
 
 @app.command()
 def retry(
-    job_id: str,
+    job_id: str = JobIdArg,
     failed: bool = typer.Option(True, "--failed", help="Retry the failed items (the only kind of retry)."),
     code: str | None = typer.Option(None, help="Only failures with these error codes (comma-separated)."),
 ) -> None:
     """Queue the failed items of a job again, as a new attempt; succeeded items are kept."""
     codes = [part.strip() for part in code.split(",") if part.strip()] if code else []
-    count = guard(lambda: Client(get_settings()).retry_failed(job_id, codes))
+    client = Client(get_settings())
+    job_id = guard(lambda: client.resolve(job_id))
+    count = guard(lambda: client.retry_failed(job_id, codes))
     console.print(f"queued {count} failed items of job {job_id} again")
 
 

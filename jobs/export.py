@@ -32,7 +32,7 @@ from jobs.settings import Settings
 from storage import open_store
 
 #: Every row's own columns; ExtraColumns follow them.
-COLUMNS = ("id", "input", "prompt", "output", "status", "error_code", "error", "attempts")
+COLUMNS = ("id", "input", "prompt", "output", "status", "error_code", "error", "attempts", "gpu_seconds")
 #: The extension of each one-file format's destination.
 _EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet"}
 
@@ -67,6 +67,7 @@ def iter_rows(
         items.error_code,
         items.error_message,
         items.attempts,
+        items.gpu_seconds,
         items.provenance,
     ).where(items.job_id == job_id)
     if statuses:
@@ -76,8 +77,9 @@ def iter_rows(
     with session_scope(settings.resolved_database_url) as session:
         # Core rows over a server-side cursor: a million rows stream in flat memory, without ORM overhead.
         connection = session.connection().execution_options(yield_per=ROWS_PER_FETCH)
-        for key, source, text, output, status, code, error, attempts, made in connection.execute(query):
-            own = (key, source, row_prompt(text, made), output, status, code, error, attempts)
+        for *fields, made in connection.execute(query):
+            key, source, text, output, status, code, error, attempts, spent = fields
+            own = (key, source, row_prompt(text, made), output, status, code, error, attempts, spent)
             yield dict(zip(COLUMNS, own, strict=True)) | extra.values(output, made)
 
 
@@ -104,7 +106,8 @@ def write_parquet(rows: Iterator[dict[str, Any]], path: str, extra: ExtraColumns
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    own = [pa.field(name, pa.int32() if name == "attempts" else pa.string()) for name in COLUMNS]
+    types = {"attempts": pa.int32(), "gpu_seconds": pa.float64()}
+    own = [pa.field(name, types.get(name, pa.string())) for name in COLUMNS]
     schema = pa.schema(own + extra.arrow_fields())
     count = 0
     with pq.ParquetWriter(path, schema) as writer:

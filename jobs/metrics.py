@@ -2,15 +2,15 @@
 
 A collector reads them again at every scrape: nothing is counted in this process, so any number of
 `ovis-batch metrics --serve` processes give the same figures. Labels are bounded sets (kind, status, queue,
-error code), never job ids. Flower exports the workers and their tasks (`flower_*`); docker/grafana holds a
-dashboard of both.
+error code, and worker: a host's GPU, as many as the fleet has; see workers/cost.py), never job ids. Flower
+exports the workers and their tasks (`flower_*`); docker/grafana holds a dashboard of both.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -25,7 +25,7 @@ from jobs.api import Client
 from jobs.broker import make_celery
 from jobs.db import ensure_schema, session_scope
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
-from jobs.models import Job
+from jobs.models import Job, WorkerTotals
 from jobs.queues import queue_depths, unacked_count
 from jobs.settings import Settings
 
@@ -41,6 +41,9 @@ _ITEM_STATES = (
     ItemStatus.CANCELLED,
 )
 
+#: Workers that recorded nothing for this long (a host taken out of the fleet) are left out of the metrics.
+WORKER_SEEN_S = 24 * 3600
+
 INDEX_PAGE = (
     "<!doctype html><title>ovis-batch metrics</title>"
     "<p>ovis-batch: jobs, items and queues for Prometheus at <a href='/metrics'>/metrics</a>.</p>\n"
@@ -48,8 +51,9 @@ INDEX_PAGE = (
 
 
 class JobMetrics(Collector):
-    """Jobs by state, items of unfinished jobs by state and by error code, items done per kind (counters
-    whose rate is the throughput), the oldest queued job, and the broker's queues."""
+    """Jobs by state, items of unfinished jobs by state and by error code, items done and GPU-seconds per
+    kind and per worker (counters whose rate is the throughput), the oldest queued job, and the broker's
+    queues."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -100,11 +104,21 @@ class JobMetrics(Collector):
     def _database_metrics(self) -> Iterator[Metric]:
         try:
             rows, failures = self._read_database()
+            workers = self._read_workers()
         except SQLAlchemyError as exc:
             yield self._up("database", False, exc)
             return
         yield self._up("database", True)
         yield from _job_metrics(rows, failures, datetime.now(UTC))
+        yield from _worker_metrics(workers)
+
+    def _read_workers(self) -> Sequence[Any]:
+        seen = datetime.now(UTC) - timedelta(seconds=WORKER_SEEN_S)
+        totals = select(
+            WorkerTotals.worker, WorkerTotals.kind, WorkerTotals.items_ended, WorkerTotals.gpu_seconds
+        )
+        with session_scope(self.settings.resolved_database_url) as session:
+            return session.execute(totals.where(WorkerTotals.seen_at >= seen)).all()
 
     def _read_database(self) -> tuple[Sequence[Any], dict[tuple[str, str], int]]:
         counters = [Job.n_queued, Job.n_running, Job.n_succeeded, Job.n_failed, Job.n_cancelled]
@@ -118,6 +132,7 @@ class JobMetrics(Collector):
                     func.count(),
                     *[func.coalesce(func.sum(counter), 0) for counter in counters],
                     func.coalesce(func.sum(Job.n_skipped), 0),
+                    func.coalesce(func.sum(Job.gpu_seconds), 0.0),
                     func.min(Job.created_at),
                 ).group_by(Job.kind, Job.status)
             ).all()
@@ -140,12 +155,14 @@ def _job_metrics(
     items = {(kind, state.value): 0 for kind in kinds for state in _ITEM_STATES}
     computed = dict.fromkeys(kinds, 0)
     reused = dict.fromkeys(kinds, 0)
+    gpu_seconds = dict.fromkeys(kinds, 0.0)
     oldest = dict.fromkeys(kinds, 0.0)
-    for kind, status, count, *counts, skipped, created_at in rows:
+    for kind, status, count, *counts, skipped, spent, created_at in rows:
         jobs[(kind, status)] = jobs.get((kind, status), 0) + count
         # Reused outputs are counted as succeeded on the job; the throughput leaves them out.
         computed[kind] = computed.get(kind, 0) + counts[2] - skipped
         reused[kind] = reused.get(kind, 0) + skipped
+        gpu_seconds[kind] = gpu_seconds.get(kind, 0.0) + float(spent)
         if status in _OPEN:
             for state, value in zip(_ITEM_STATES, counts, strict=True):
                 items[(kind, state.value)] = items.get((kind, state.value), 0) + value
@@ -177,6 +194,12 @@ def _job_metrics(
         "Items of every job that took an earlier output with the same fingerprint (--skip-existing).",
         reused,
     )
+    yield _counter(
+        "ovis_batch_gpu_seconds",
+        "Model time spent on the items of every job, in GPU-seconds (jobs/cost.py): its rate is the GPUs "
+        "busy with the model.",
+        gpu_seconds,
+    )
     yield _gauge(
         "ovis_batch_oldest_queued_job_age_seconds",
         "Age of the oldest job no worker has started, by kind (0: none waits).",
@@ -192,7 +215,25 @@ def _gauge(name: str, help_text: str, labels: list[str], values: Mapping[Any, fl
     return gauge
 
 
-def _counter(name: str, help_text: str, values: Mapping[str, int]) -> Metric:
+def _worker_metrics(rows: Iterable[Any]) -> Iterator[Metric]:
+    items = CounterMetricFamily(
+        "ovis_batch_worker_items",
+        "Items each worker ended (succeeded or failed), by kind: its rate is the worker's items per second.",
+        labels=["worker", "kind"],
+    )
+    spent = CounterMetricFamily(
+        "ovis_batch_worker_gpu_seconds",
+        "Model time each worker spent, by kind, in GPU-seconds.",
+        labels=["worker", "kind"],
+    )
+    for worker, kind, ended, seconds in sorted(rows):
+        items.add_metric([worker, kind], float(ended))
+        spent.add_metric([worker, kind], float(seconds))
+    yield items
+    yield spent
+
+
+def _counter(name: str, help_text: str, values: Mapping[str, float]) -> Metric:
     counter = CounterMetricFamily(name, help_text, labels=["kind"])
     for kind, value in sorted(values.items()):
         counter.add_metric([kind], float(value))

@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -82,6 +84,21 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Model time spent on the job's items, the sum of theirs (jobs/cost.py).
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Where a notification is POSTed when the job ends (jobs/notify.py); None: no notification.
+    notify_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The notification of the job's last ending: `pending`, `delivered`, or `failed` (given up); None
+    #: before the job ends, or without a URL. Every ending arms a new one, with a new delivery id.
+    notify_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    notify_delivery_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    notify_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The HTTP status of the last attempt, or why it got none (`notify_error`).
+    notify_last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    notify_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: When the next attempt is due; while an attempt runs, when another process may take it over.
+    notify_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Item(Base):
@@ -138,3 +155,23 @@ class Item(Base):
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Model time spent on the item: its share of each model call it was part of, over all its attempts
+    #: (jobs/cost.py); None for items that never reached the model.
+    gpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WorkerTotals(Base):
+    """What one worker (a host's GPU, or a CPU worker's host) ended of each kind, and the model time it
+    spent: counters whose rate is a worker's throughput (jobs/metrics.py). One row per worker and kind, so the
+    table is as large as the fleet."""
+
+    __tablename__ = "worker_totals"
+
+    #: `ovis-gpu<N>@host`, or `ovis@host` (workers/cost.py): stable across restarts, unlike a process id.
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: Items it ended (succeeded or failed), and the model time it spent on them.
+    items_ended: Mapped[int] = mapped_column(BigInteger, default=0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: When the worker last recorded anything: workers gone for long are left out of the metrics.
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

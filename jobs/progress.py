@@ -1,4 +1,5 @@
-"""A job's progress for people: rate, ETA and failures by code from the job row, and `status --watch`.
+"""A job's progress for people: rate, ETA, GPU time and failures by code from the job row, `status` (its
+table and its JSON) and `status --watch`.
 
 Every figure comes from the job's counters (one row, whatever the job's size); failures by error code are
 read only when the failed counter moves.
@@ -10,13 +11,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from jobs import cost
 from jobs.api import Client, JobReport
+from jobs.failures import ERRORS_SCANNED
 from jobs.lifecycle import JobStatus
 
 #: Seconds of samples the watched rate is measured over.
@@ -93,8 +98,6 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> JobReport:
     """Show a live progress bar with rate, ETA and failures by code until the job ends; return its report."""
-    from jobs.api import ERRORS_SCANNED
-
     report = client.status(job_id)
     meter = RateMeter()
     progress = Progress(
@@ -148,3 +151,77 @@ def parse_since(text: str) -> datetime:
     except ValueError:
         raise ValueError(f"--since takes 90m, 12h, 7d or an ISO date, not {text!r}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _rate_text(report: JobReport) -> str:
+    rate = overall_rate(report)
+    if rate is None:
+        return "-"
+    eta = "" if report.final else f", ETA {format_duration(eta_seconds(report, rate))}"
+    return f"{rate:,.1f} items/s{eta}"
+
+
+def _results_text(report: JobReport) -> str:
+    if report.export_url:
+        return report.export_url
+    if report.export_pending:
+        why = f": last try failed, {report.export_error}" if report.export_error else ""
+        return f"export pending{why} (the reconciler writes it)"
+    return "-"
+
+
+def _gpu_text(report: JobReport) -> str:
+    """GPU time spent, per computed item, and (while the job runs) what the items left will take."""
+    if report.gpu_seconds <= 0:
+        return "-"
+    spent = f"{format_duration(report.gpu_seconds)} ({report.gpu_seconds:,.1f} GPU-s"
+    each = cost.per_item(report)
+    spent += f", {each:,.3f} s per item)" if each is not None else ")"
+    left = cost.to_finish(report)
+    if report.final or not left:
+        return spent
+    return f"{spent}; about {format_duration(left)} more to finish"
+
+
+def print_report(console: Console, report: JobReport, errors: dict[str, int]) -> None:
+    """`status`: the job's row as a table, its failures by error code under it."""
+    table = Table(show_header=False, box=None)
+    for name, value in [
+        ("job", report.id),
+        ("kind", report.kind),
+        ("status", report.status),
+        ("priority", report.priority),
+        ("items", f"{report.total} so far, the source is still read" if report.submitting else report.total),
+        ("queued", report.queued),
+        ("running", report.running),
+        ("succeeded", report.succeeded),
+        ("failed", report.failed),
+        ("cancelled", report.cancelled),
+        ("skipped", report.skipped),
+        ("rate", _rate_text(report)),
+        ("GPU time", _gpu_text(report)),
+        ("created", report.created_at),
+        ("started", report.started_at),
+        ("finished", report.finished_at),
+        ("source", report.source or None),
+        ("outputs", report.output_url),
+        ("results", _results_text(report)),
+        ("notify", report.notification.describe() if report.notification else None),
+    ]:
+        table.add_row(name, escape(str(value if value is not None else "-")))
+    for code, count in sorted(errors.items()):
+        table.add_row(f"  {code}", str(count))
+    console.print(table)
+
+
+def report_json(report: JobReport, errors: dict[str, int]) -> dict[str, Any]:
+    """`status --json`: the report with its failures by code, rate, ETA and GPU-seconds per item and to
+    finish."""
+    rate = overall_rate(report)
+    return report.as_dict() | {
+        "errors": errors,
+        "rate": rate,
+        "eta_s": eta_seconds(report, rate),
+        "gpu_seconds_per_item": cost.per_item(report),
+        "gpu_seconds_to_finish": cost.to_finish(report),
+    }

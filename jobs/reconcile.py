@@ -12,6 +12,8 @@
   recount reads every item of the job, so it runs for those jobs alone.
 - Final jobs whose results file is missing (storage was down when they ended) get it, with backoff (see
   jobs/results.py).
+- Jobs that ended with a notification URL get their notification, tried again with backoff until delivered
+  or given up (see jobs/notify.py): the state is on the job row, so no restart of any process loses one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from jobs.db import session_scope
 from jobs.dispatch import CeleryDispatcher
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.models import Item, Job
+from jobs.notify import deliver_notifications
 from jobs.queues import queue_depths
 from jobs.repair import repair_job
 from jobs.results import deliver_results, retry_exports
@@ -65,6 +68,8 @@ class ReconcileReport:
     exported: list[str] = field(default_factory=list)
     #: Jobs whose counters were recounted from their items and changed (see jobs/repair.py).
     repaired: list[str] = field(default_factory=list)
+    #: Jobs whose notification was delivered now (see jobs/notify.py).
+    notified: list[str] = field(default_factory=list)
 
 
 # The state inline, not bound: the planner must see it to use the partial status index.
@@ -84,7 +89,8 @@ _COUNTERS_WRONG = or_(
 
 
 def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) -> ReconcileReport:
-    """One pass over unfinished jobs, then over final jobs whose results file is missing."""
+    """One pass over unfinished jobs, then over final jobs whose results file is missing, then over the
+    notifications due."""
     dispatcher = dispatcher or CeleryDispatcher(settings)
     client = Client(settings, dispatcher)
     report = ReconcileReport()
@@ -101,8 +107,10 @@ def reconcile(settings: Settings, dispatcher: CeleryDispatcher | None = None) ->
         if jobs:
             _reconcile_open(settings, dispatcher, client, jobs, report)
     finally:
-        # Results files need the database and storage only: a broker that is away does not hold them back.
+        # Results files need the database and storage only: a broker that is away does not hold them back;
+        # notifications come after them, to carry the results file's URL.
         report.exported = retry_exports(settings)
+        report.notified = deliver_notifications(settings)
     return report
 
 

@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_prompt_chars: int = 4000
 
+    # Notifications when a job ends (jobs/notify.py).
+    #: Where to POST a job's notification when it ends, unless its submission names another (`--notify-url`);
+    #: empty: no notification. http or https only.
+    notify_url: str = ""
+    #: Key of the HMAC-SHA256 signature of each notification (`X-Ovis-Batch-Signature`); unset: unsigned.
+    notify_secret: SecretStr | None = None
+    #: Seconds one delivery attempt may take, connecting and answering.
+    notify_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Attempts before a notification is given up: network errors, 429 and 5xx answers are tried again.
+    notify_max_attempts: int = Field(default=10, ge=1, le=100)
+    #: Seconds before the second attempt; each later one waits twice as long as the one before (at most an
+    #: hour), or what the receiver's Retry-After asks within that hour.
+    notify_backoff_s: float = Field(default=10.0, gt=0, le=3600)
+
     # Flower
     flower_port: int = 5555
     flower_basic_auth: SecretStr | None = None

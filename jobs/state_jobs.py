@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from jobs.lifecycle import FINAL_JOB_STATES, JobStatus
+from jobs.notify import arm_values, new_delivery_id
 from jobs.state_moves import JOBS, jobs_movable, now, rowcount
 
 _J = JOBS.c
@@ -44,7 +45,9 @@ _FINALIZE = (
         # A cancelled job is final once its items ended, even if its submission never completed.
         or_(_J.submitting.is_(False), _J.cancel_requested.is_(True)),
     )
-    .values(status=FINAL_STATUS, finished_at=bindparam("t"))
+    # Each ending arms the job's notification anew (jobs/notify.py): a job resumed and ended again notifies
+    # again, under a new delivery id.
+    .values(status=FINAL_STATUS, finished_at=bindparam("t"), **arm_values(bindparam("delivery")))
     .returning(_J.status)
 )
 _REOPEN = (
@@ -75,7 +78,7 @@ def finalize_job(session: Session, *, job_id: str, at: datetime | None = None) -
 
     The job's finishing time is `at`, or now.
     """
-    status = session.scalar(_FINALIZE, {"job": job_id, "t": at or now()})
+    status = session.scalar(_FINALIZE, {"job": job_id, "t": at or now(), "delivery": new_delivery_id()})
     return JobStatus(status) if status else None
 
 

@@ -170,6 +170,7 @@ def submit_job(
     output_url: str | None = None,
     skip_existing: bool = False,
     source_options: dict[str, Any] | None = None,
+    notify_url: str | None = None,
 ) -> str:
     """Create a job from a stream of items and dispatch its chunks; return the job id.
 
@@ -177,7 +178,8 @@ def submit_job(
     submission, the job and its items are deleted, and the error names the item.
     With `skip_existing`, a worker gives an item the output of an earlier job's item made from the same
     input bytes, prompt, parameters, seed and model into the same output location (workers.reuse) instead of
-    computing it again; such items count as skipped.
+    computing it again; such items count as skipped. `notify_url` (checked by the caller) is POSTed to when
+    the job ends (jobs.notify).
     """
     url = settings.resolved_database_url
     if settings.embedded:
@@ -213,6 +215,7 @@ def submit_job(
                 cancel_requested=False,
                 submitting=True,
                 reuse_outputs=skip_existing,
+                notify_url=notify_url,
             )
         )
     check = ItemChecker(kind, settings)

@@ -8,6 +8,7 @@ fails, and out-of-memory halves the micro-batch on the same worker until it fits
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -39,6 +40,14 @@ class Results:
     fingerprints: dict[int, str] = field(default_factory=dict)
     #: How each output was made (jobs.provenance), recorded with it.
     provenance: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Model seconds per item: its share of each model call it was part of (jobs/cost.py).
+    gpu_seconds: dict[int, float] = field(default_factory=dict)
+
+    def charge(self, seqs: Sequence[int], seconds: float) -> None:
+        """Split a model call's seconds evenly over the items in it."""
+        share = seconds / max(1, len(seqs))
+        for seq in seqs:
+            self.gpu_seconds[seq] = self.gpu_seconds.get(seq, 0.0) + share
 
     def settle(self, job_id: str) -> tuple[dict[int, str], dict[int, tuple[str, str]]]:
         """Wait for the uploads; the outputs, and the failures with the items whose output storage refused
@@ -91,7 +100,7 @@ class MicroBatches:
         # The watchdog blames a stall on the items in the model (workers/watchdog.py).
         self.rt.liveness.model_started([p.item.seq for p in prepared])
         try:
-            outputs = self._call([p.request for p in prepared if p.request is not None])
+            outputs = self._call(prepared, results)
         except BackendOutOfMemory as exc:
             if len(prepared) == 1:
                 item = prepared[0].item
@@ -144,11 +153,14 @@ class MicroBatches:
             if made:
                 results.provenance[p.item.seq] = made
 
-    def _call(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
+    def _call(self, prepared: list[Prepared], results: Results) -> Sequence[str | Image.Image]:
+        """The model's outputs for `prepared`; the call's time is charged to its items, whatever its end."""
+        began = time.perf_counter()
         try:
-            return self._call_backend(requests)
+            return self._call_backend([p.request for p in prepared if p.request is not None])
         finally:
             self.rt.liveness.model_ended()
+            results.charge([p.item.seq for p in prepared], time.perf_counter() - began)
 
     def _call_backend(self, requests: Sequence[Request]) -> Sequence[str | Image.Image]:
         backend = self.rt.backend

@@ -39,19 +39,34 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.callback()(producer.main_options)
 app.add_typer(producer.app)
 app.add_typer(worker_app)
 
 
 # -- run: a job processed in this process ------------------------------------------------------------------
 def _run(
-    kind: JobKind, source: str, params: dict[str, Any], priority: int, output: str | None, skip: bool
+    kind: JobKind,
+    source: str,
+    params: dict[str, Any],
+    priority: int,
+    output: str | None,
+    skip: bool,
+    notify_url: str | None,
 ) -> None:
+    from jobs.notify import deliver_notification
+
     settings = get_settings()
     if output:
         settings = settings.model_copy(update={"storage_url": output})
+    if notify_url:
+        settings = settings.model_copy(update={"notify_url": notify_url})
     report = run_embedded(settings, kind, source, params, skip_existing=skip)
     _print_outcome(report)
+    # No reconciler runs here: the first attempt now; one that fails is left to `ovis-batch reconcile`.
+    if report.notification is not None:
+        state = deliver_notification(settings, report.id)
+        console.print(f"notification: {state or 'pending'}", markup=False)
 
 
 def run_embedded(

@@ -41,6 +41,8 @@ from jobs.state import (
     record_successes,
 )
 from workers.batches import Results
+from workers.chunk_progress import ChunkProgress as ChunkProgress
+from workers.cost import record_model_time
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -78,26 +80,6 @@ class Claim:
     reuse_outputs: bool = False
     #: The job was cancelled when the chunk came: nothing runs, what the chunk holds is cancelled.
     cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class ChunkProgress:
-    """Where a running chunk stands, with its job's counters read in the same transaction."""
-
-    job_id: str
-    kind: str
-    start: int
-    stop: int
-    claimed: int
-    succeeded: int
-    failed: int
-    cancelled: int
-    #: Seconds in the backend so far, and since the chunk started.
-    model_s: float
-    elapsed_s: float
-    #: The job's items, and those of them that ended (succeeded, failed or cancelled).
-    job_items: int
-    job_done: int
 
 
 @dataclass
@@ -347,6 +329,7 @@ class _Book:
         started = time.perf_counter()
         prints, made = results.fingerprints, results.provenance
         with self._transaction() as session:
+            ended = self.tally.succeeded + self.tally.failed
             self.tally.succeeded += record_successes(
                 session, job_id=self.job_id, outputs=outputs, fingerprints=prints, provenance=made
             )
@@ -359,6 +342,11 @@ class _Book:
                 reused=True,
             )
             self.tally.failed += record_failures(session, job_id=self.job_id, failures=failures)
+            ended = self.tally.succeeded + self.tally.failed - ended
+            spent = results.gpu_seconds
+            record_model_time(
+                session, job_id=self.job_id, kind=self.kind.value, gpu_seconds=spent, ended=ended
+            )
             due = time.perf_counter() - self.reported_at >= PROGRESS_EVERY_S
             report = self._report(session, model_s) if due else None
         self.open -= set(outputs) | set(results.reused) | set(failures)

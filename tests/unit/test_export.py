@@ -58,6 +58,7 @@ def test_rows_as_jsonl_and_parquet_also_while_the_job_runs(tmp_path: Path) -> No
         "error_code",
         "error",
         "attempts",
+        "gpu_seconds",
         "kind",
         "seed",
         "max_new_tokens",

@@ -7,6 +7,7 @@ import ast
 import importlib.util
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -118,8 +119,29 @@ def test_labels_are_bounded_sets_never_job_ids(night: tuple[Settings, dict[str, 
     settings, job_ids = night
     labels = {label for (_, pairs) in scrape(settings) for label in pairs}
 
-    assert {name for name, _ in labels} <= {"kind", "status", "queue", "code"}
+    assert {name for name, _ in labels} <= {"kind", "status", "queue", "code", "worker"}
     assert not {text for _, text in labels} & set(job_ids.values())
+    # A worker is named for its host and GPU, never its process: restarts add no names.
+    workers = {text for name, text in labels if name == "worker"}
+    assert workers == {f"ovis@{socket.gethostname()}"}
+
+
+def test_gpu_seconds_per_kind_and_items_per_worker(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, fake_ms_per_item=5.0, read_ahead=False)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {n}\n" for n in range(6)))
+    job_id = EmbeddedRunner(settings).run(JobKind.GENERATE, str(prompts)).id
+
+    samples = scrape(settings)
+    report = Client(settings).status(job_id)
+    spent = value(samples, "ovis_batch_gpu_seconds_total", kind="generate")
+    assert spent == pytest.approx(report.gpu_seconds) and spent >= 6 * 0.005
+    assert value(samples, "ovis_batch_gpu_seconds_total", kind="caption") == 0
+    worker = f"ovis@{socket.gethostname()}"
+    assert value(samples, "ovis_batch_worker_items_total", worker=worker, kind="generate") == 6
+    assert value(samples, "ovis_batch_worker_gpu_seconds_total", worker=worker, kind="generate") == (
+        pytest.approx(spent)
+    )
 
 
 def test_a_broker_that_does_not_answer_leaves_the_database_figures(

@@ -1,38 +1,50 @@
-"""GPU throughput of Ovis-U1-sized work: the model alone (official way at batch 1, fast paths at the best
-batch) and the whole system (a real `ovis-batch worker` process, the folder broker, SQLite, local storage).
+"""GPU throughput of Ovis-U1: the model alone and the whole system (a real `ovis-batch worker` process, the
+folder broker or --broker-url, SQLite, local storage), on one of two backends.
 
-Tasks: captioning (448 px images, 128 new tokens), text-to-image (1024 x 1024, 50 steps), editing (1024 x 1024
-inputs, 50 steps, ~1 MP out). The model is the `ovis-u1-shaped` backend: Ovis-U1-3B's architecture at full
-size with random weights; its size and FLOPs are checked against the real model's first (printed).
+`--backend ovis-u1-shaped` (default): Ovis-U1-3B's architecture at full size from library components with
+random weights, its size and FLOPs checked against the real model's first (printed); captioning (448 px
+images, 128 new tokens), text-to-image (1024 x 1024, 50 steps), editing (1024 x 1024 inputs, 50 steps); the
+official way at batch 1 and the fast paths at the best batch.
 
-    python bench/gpu_throughput.py                 # on a GPU host; writes bench/results/gpu-<date>.json
-    python bench/gpu_throughput.py --smoke         # the whole run at tiny sizes on the CPU (< 1 min)
+`--backend ovis-u1 --model-path DIR`: the real remote code (a directory from bench/build_ovis_u1_model.py,
+random weights, or the real weights) through the `ovis-u1` backend, on inputs like users have
+(bench/realistic_inputs.py): JPEG photos of 256-1280 px with per-caption length limits of 40-400 tokens,
+prompts of many lengths, edits of mixed sizes; `cold_start_s` is a fresh worker process with empty caches
+to its first result. See bench/gpu_ovis_u1.py.
 
-Prints one JSON object as its last line (the file's content).
+    python bench/gpu_throughput.py                               # on a GPU host, the shaped backend
+    python bench/gpu_throughput.py --backend ovis-u1 --model-path /tmp/Ovis-U1-3B-random
+    python bench/gpu_throughput.py --smoke                       # every section at tiny sizes on the CPU
+    python bench/gpu_throughput.py --backend ovis-u1 --model-path /tmp/ovis-u1-tiny --smoke
+
+Every run writes its own raw file, bench/results/gpu_throughput-<UTC timestamp>-<gpu>.json (a smoke run:
+a temporary folder unless --out), with the date, git commit, machine, library versions and command line
+(bench/gpu_results.py); it never changes another file. Prints one JSON object as its last line.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gpu_results import RunFile, environment, provenance, utc_now  # noqa: E402 - bench/ is on sys.path
+from gpu_system import log as _log  # noqa: E402
+from gpu_system import run_job, start_worker, stop_worker, wait_ready, worker_env  # noqa: E402
 
 TASKS = ("caption", "generate", "edit")
 EDIT_INSTRUCTION = "make the sky a deep orange and add a small red boat"
@@ -66,6 +78,8 @@ class Plan:
     #: The system run's broker; "" is the embedded default (a folder, whose messages of one millisecond
     #: come in random order).
     broker_url: str = ""
+    #: The result file's name without its suffix: the worker log is named after it.
+    run_name: str = "gpu_throughput"
     started: float = field(default_factory=time.monotonic)
 
     def left(self) -> float:
@@ -73,45 +87,7 @@ class Plan:
         return self.budget_s - (time.monotonic() - self.started)
 
 
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# -- environment and compute check -------------------------------------------------------------------------
-def environment() -> dict[str, Any]:
-    """GPU, driver and library versions."""
-    import diffusers
-    import torch
-    import transformers
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "transformers": transformers.__version__,
-        "diffusers": diffusers.__version__,
-        "cpus": os.cpu_count(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1)
-        try:
-            smi = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=False,
-            )
-            info["driver"] = smi.stdout.strip().splitlines()[0] if smi.stdout.strip() else None
-        except (OSError, subprocess.TimeoutExpired):
-            info["driver"] = None
-    else:
-        info["gpu"] = None
-    return info
-
-
+# -- compute check ---------------------------------------------------------------------------------------
 def compute_check() -> dict[str, Any]:
     """The stand-in's parameters and FLOPs (PyTorch's FLOP counter on the meta device) against the real
     model's (formulas from its architecture) and the reference's parameter counts; printed as a table."""
@@ -295,15 +271,19 @@ def model_official(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) ->
     request = _caption_requests(plan, 1)[0]
     tokens, seconds = timed(lambda: backend.caption_tokens([request]))
     keep["official_caption_tokens"] = tokens[0].tolist()
-    results["caption"].update(batch1_items_per_s=round(1 / seconds, 4), batch1_s_per_item=round(seconds, 3))
+    results["tasks"]["caption"].update(
+        batch1_items_per_s=round(1 / seconds, 4), batch1_s_per_item=round(seconds, 3)
+    )
     _log(f"official caption, batch 1: {seconds:.2f}s")
     for task, make in (("generate", _generate_request), ("edit", _edit_request)):
         method = backend.generate if task == "generate" else backend.edit
         first = make(plan, 0)
         method([replace(first, steps=1)])  # warm-up: kernels, allocator
-        images, seconds = timed(lambda method=method, first=first: method([first]))
+        images, seconds = timed(partial(method, [first]))
         keep[f"official_{task}_image"] = images[0]
-        results[task].update(batch1_items_per_s=round(1 / seconds, 4), batch1_s_per_item=round(seconds, 3))
+        results["tasks"][task].update(
+            batch1_items_per_s=round(1 / seconds, 4), batch1_s_per_item=round(seconds, 3)
+        )
         _log(f"official {task}, batch 1: {seconds:.2f}s per item")
     _free(backend)
 
@@ -318,7 +298,7 @@ def model_fast(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) -> Non
         "sdpa_backend": backend.attention,
         "sdpa_timings_ms": backend.attention_timings,
     }
-    caption = results["caption"]
+    caption = results["tasks"]["caption"]
     _reset_peak()
     sweep: dict[str, float] = {}
     best, best_rate, best_tokens = 0, 0.0, None
@@ -329,8 +309,8 @@ def model_fast(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) -> Non
             break
         batch = requests[:size]
         backend.caption(batch)  # the first call at a shape captures its graph
-        tokens, seconds = timed(lambda batch=batch: backend.caption_tokens(batch))
-        _, caption_s = timed(lambda batch=batch: backend.caption(batch))
+        tokens, seconds = timed(partial(backend.caption_tokens, batch))
+        _, caption_s = timed(partial(backend.caption, batch))
         rate = size / caption_s
         sweep[str(size)] = round(rate, 1)
         _log(f"fast caption, batch {size}: {caption_s:.2f}s ({rate:.1f}/s; tokens alone {seconds:.2f}s)")
@@ -361,8 +341,8 @@ def model_fast(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) -> Non
         method = backend.generate if task == "generate" else backend.edit
         _reset_peak()
         items = [make(plan, k) for k in range(plan.model_images if task == "generate" else 2)]
-        images, seconds = timed(lambda method=method, items=items: method(items))
-        results[task].update(
+        images, seconds = timed(partial(method, items))
+        results["tasks"][task].update(
             model_items_per_s=round(len(items) / seconds, 4),
             model_s_per_item=round(seconds / len(items), 3),
             best_batch=1,
@@ -373,7 +353,7 @@ def model_fast(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) -> Non
         short = [replace(item, steps=min(10, plan.steps)) for item in (items[0], items[1 % len(items)])]
         alone, pair = method(short[:1])[0], method([short[1], short[0]])
         official = keep.get(f"official_{task}_image")
-        compared = results[task].setdefault("batch_vs_batch1", {})  # a merged run's figures stay
+        compared = results["tasks"][task].setdefault("batch_vs_batch1", {})  # a merged run's figures stay
         compared["max_pixel_diff_in_batch_of_2_vs_alone"] = _max_pixel_diff(pair[1], alone)
         if official is not None:
             compared["max_pixel_diff_official_vs_fast_50_steps"] = _max_pixel_diff(official, images[0])
@@ -520,9 +500,7 @@ def profile(backend: Any, plan: Plan, batch: list[Any]) -> dict[str, Any]:
             p = backend._pass(cond, pass_ids)
             with sdpa_backend(backend.attention):
                 backend._velocity(image, p, t)
-                _, seconds = timed(
-                    lambda image=image, p=p: [backend._velocity(image, p, t) for _ in range(5)]
-                )
+                _, seconds = timed(partial(_repeat, 5, backend._velocity, image, p, t))
             per_pass = seconds / 5
             flops = dit_pass_flops(image.shape[1], cond.text.shape[1])
             out[f"dit_pass_{name}"] = {
@@ -534,6 +512,11 @@ def profile(backend: Any, plan: Plan, batch: list[Any]) -> dict[str, Any]:
         out["vae_decode_s"] = round(vae_s, 4)
     _log(f"profile: {out}")
     return out
+
+
+def _repeat(times: int, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """`fn(*args)`, `times` times."""
+    return [fn(*args) for _ in range(times)]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -555,7 +538,7 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="ovis-gpu-bench-"))
     sources, seconds = timed(lambda: write_inputs(work / "inputs", plan))
     _log(f"wrote system inputs in {seconds:.1f}s")
-    caption_batch = int(results["caption"].get("best_batch") or max(plan.caption_batches))
+    caption_batch = int(results["tasks"]["caption"].get("best_batch") or max(plan.caption_batches))
     values = {
         "home": str(work / "home"),
         "backend": "ovis-u1-shaped",
@@ -570,25 +553,12 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
     }
     if plan.broker_url:
         values["broker_url"] = plan.broker_url
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OVIS_BATCH_")}
-    env.update({f"OVIS_BATCH_{k.upper()}": v for k, v in values.items()})
-    env.update(
-        PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    )
     workers = 1 if plan.gpus == "none" else len(plan.gpus.split(","))
-    log_path = out / ("gpu-worker-smoke.log" if plan.smoke else f"gpu-worker{'s' * (workers > 1)}.log")
+    log_path = out / f"{plan.run_name}-worker{'s' * (workers > 1)}.log"
     started = time.monotonic()
-    with open(log_path, "wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "--gpus", plan.gpus, "--loglevel", "INFO"],
-            cwd=work,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    worker = start_worker(worker_env(values), log_path, work, plan.gpus)
     try:
-        _wait_ready(worker, log_path, workers, timeout=max(60.0, plan.left() - 30))
+        wait_ready(worker, log_path, workers, timeout=max(60.0, plan.left() - 30))
         ready_s = time.monotonic() - started
         _log(f"worker ready after {ready_s:.1f}s (load + warm-up)")
         results["system_worker" if workers == 1 else f"system_{workers}_workers"] = {
@@ -598,6 +568,7 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
             "workers": workers,
             "gpus": plan.gpus,
             "broker": plan.broker_url.split("://")[0] if plan.broker_url else "filesystem (embedded)",
+            "log": log_path.name,
         }
         settings = Settings(**{k: v for k, v in values.items() if k not in ("caption_batch",)})
         client = Client(settings)
@@ -609,125 +580,15 @@ def system(plan: Plan, results: dict[str, Any], out: Path) -> None:
         for task in plan.system_tasks:
             if plan.left() < 20:
                 _log(f"budget: system {task} skipped")
-                results[task].setdefault("system", {"skipped": "device budget"})
+                results["tasks"][task].setdefault("system", {"skipped": "device budget"})
                 continue
-            report = _run_job(client, JobKind(task), str(sources[task]), params[task], plan)
+            report = run_job(client, JobKind(task), str(sources[task]), params[task], plan.left() - 10)
             suffix = "" if workers == 1 else f"_{workers}_workers"
-            results[task][f"system{suffix}"] = report
-            results[task][f"system_items_per_s{suffix}"] = report.get("items_per_s")
+            results["tasks"][task][f"system{suffix}"] = report
+            results["tasks"][task][f"system_items_per_s{suffix}"] = report.get("items_per_s")
             _log(f"system {task}: {report}")
     finally:
-        _stop(worker)
-
-
-def _wait_ready(worker: subprocess.Popen[bytes], log_path: Path, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while log_path.read_text(errors="replace").count(" ready.") < count:
-        if worker.poll() is not None:
-            raise RuntimeError(f"worker exited with {worker.returncode}:\n{log_path.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker not ready after {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-class GpuSampler:
-    """`nvidia-smi` every 200 ms while a job runs: mean utilisation and peak memory of the whole GPU."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._process: subprocess.Popen[str] | None = None
-        self._thread: Any = None
-
-    def __enter__(self) -> GpuSampler:
-        import shutil
-        import threading
-
-        if shutil.which("nvidia-smi") is None:
-            return self
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
-        self._process = subprocess.Popen([*query, "-lms", "200"], stdout=subprocess.PIPE, text=True)
-
-        def read() -> None:
-            assert self._process is not None and self._process.stdout is not None
-            for line in self._process.stdout:
-                try:
-                    util, memory = (float(v) for v in line.split(",")[:2])
-                except ValueError:
-                    continue
-                self.samples.append((util, memory))
-
-        self._thread = threading.Thread(target=read, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(10)
-
-    def summary(self) -> dict[str, Any]:
-        """Mean GPU utilisation (%) and peak memory used (GB) over the samples."""
-        if not self.samples:
-            return {}
-        return {
-            "gpu_util_mean_pct": round(statistics.mean(u for u, _ in self.samples), 1),
-            "gpu_mem_used_peak_gb": round(max(m for _, m in self.samples) / 1024, 1),
-            "samples": len(self.samples),
-        }
-
-
-def _run_job(client: Any, kind: Any, source: str, params: dict[str, Any], plan: Plan) -> dict[str, Any]:
-    with GpuSampler() as sampler:
-        report = _submit_and_wait(client, kind, source, params, plan)
-    report.update(sampler.summary())
-    return report
-
-
-def _submit_and_wait(
-    client: Any, kind: Any, source: str, params: dict[str, Any], plan: Plan
-) -> dict[str, Any]:
-    start = time.perf_counter()
-    job_id = client.submit(kind, source, params=params)
-    submitted = time.perf_counter()
-    deadline = time.monotonic() + max(30.0, plan.left() - 10)
-    while True:
-        report = client.status(job_id)
-        if report.status not in ("queued", "running"):
-            break
-        if time.monotonic() > deadline:
-            return {"job_id": job_id, "error": "timed out", "done": report.done, "total": report.total}
-        time.sleep(0.05)
-    wall = time.perf_counter() - start
-    run = (
-        (report.finished_at - report.started_at).total_seconds()
-        if report.started_at and report.finished_at
-        else None
-    )
-    return {
-        "job_id": job_id,
-        "status": report.status,
-        "items": report.total,
-        "succeeded": report.succeeded,
-        "failed": report.failed,
-        "errors": client.errors_by_code(job_id) if report.failed else {},
-        "submit_s": round(submitted - start, 3),
-        "wall_s": round(wall, 2),
-        "started_to_finished_s": round(run, 2) if run is not None else None,
-        # Submitted to first claim (the folder broker polls its queue once a second), plus the status poll.
-        "wait_before_start_s": round(wall - run - (submitted - start), 2) if run is not None else None,
-        "items_per_s": round(report.succeeded / wall, 4),
-        "s_per_item": round(wall / max(1, report.succeeded), 3),
-    }
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+        stop_worker(worker)
 
 
 # -- verdicts and output -------------------------------------------------------------------------------------
@@ -736,16 +597,16 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
 
     def ratio(task: str) -> float | None:
         system_rate, model_rate = (
-            results[task].get("system_items_per_s"),
-            results[task].get("model_items_per_s"),
+            results["tasks"][task].get("system_items_per_s"),
+            results["tasks"][task].get("model_items_per_s"),
         )
         return round(system_rate / model_rate, 3) if system_rate and model_rate else None
 
     def at_most(task: str, seconds: float) -> bool | None:
-        rate = results[task].get("system_items_per_s")
+        rate = results["tasks"][task].get("system_items_per_s")
         return (1 / rate <= seconds) if rate else None
 
-    caption = results["caption"]
+    caption = results["tasks"]["caption"]
     sys_rate, batch1 = caption.get("system_items_per_s"), caption.get("batch1_items_per_s")
     checks: dict[str, Any] = {
         "caption_system_ge_100_per_s": sys_rate >= 100 if sys_rate else None,
@@ -760,73 +621,48 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
-def main() -> None:
-    """Run the benchmark and write its JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, end to end")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the JSON and logs")
-    parser.add_argument("--parts", default="check,official,fast,system")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new sections after this")
-    parser.add_argument("--caption-batches", default="64,128,256,512")
-    parser.add_argument("--caption-items", type=int, default=4096, help="captions in the system run")
-    parser.add_argument("--image-items", type=int, default=24, help="text-to-image items in the system run")
-    parser.add_argument("--edit-items", type=int, default=4, help="edits in the system run")
-    parser.add_argument("--merge", help="a previous result JSON whose sections this run does not redo")
-    parser.add_argument("--gpus", default="none", help="worker GPUs: none (one worker) or 0,1 (one per GPU)")
-    parser.add_argument("--system-tasks", default=",".join(TASKS))
-    parser.add_argument("--broker-url", default="", help="broker of the system run (default: embedded)")
-    args = parser.parse_args()
-    parts = set(args.parts.split(","))
-
+def shaped_plan(args: argparse.Namespace) -> Plan:
+    """The shaped backend's plan: tiny on the CPU (--smoke), full size on a GPU."""
     if args.smoke:
-        plan = Plan(
-            True,
-            "cpu",
-            8,
-            64,
-            56,
-            2,
-            [2, 4],
-            2,
-            2,
-            {"caption": 8, "generate": 2, "edit": 2},
-            4,
-            args.budget_s,
-        )
+        items = {"caption": 8, "generate": 2, "edit": 2}
+        plan = Plan(True, "cpu", 8, 64, 56, 2, [2, 4], 2, 2, items, 4, args.budget_s or 420.0)
     else:
         batches = [int(b) for b in args.caption_batches.split(",")]
-        items = {"caption": args.caption_items, "generate": args.image_items, "edit": args.edit_items}
-        plan = Plan(False, "cuda", 128, 1024, 448, 50, batches, 8, 3, items, 2048, args.budget_s, args.gpus)
+        items = {
+            "caption": args.caption_items or 4096,
+            "generate": args.image_items or 24,
+            "edit": args.edit_items or 4,
+        }
+        plan = Plan(
+            False, "cuda", 128, 1024, 448, 50, batches, 8, 3, items, 2048, args.budget_s or 420.0, args.gpus
+        )
     plan.system_tasks = tuple(args.system_tasks.split(","))
     plan.broker_url = args.broker_url
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = json.loads(Path(args.merge).read_text()) if args.merge else {}
-    for task in TASKS:
-        results.setdefault(task, {})
-    results.update(
-        bench="gpu_throughput",
-        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        smoke=plan.smoke,
-        plan={
-            "new_tokens": plan.new_tokens,
-            "caption_side": plan.caption_side,
-            "image_side": plan.image_side,
-            "steps": plan.steps,
-            "caption_batches": plan.caption_batches,
-            "system_items": plan.system_items,
-        },
-    )
-    results["environment" if plan.gpus == "none" else "environment_multi_gpu"] = environment()
-    name = "gpu-smoke.json" if plan.smoke else f"gpu-{results['date']}.json"
+    return plan
+
+
+def run_shaped(args: argparse.Namespace, results: dict[str, Any], run_file: RunFile, log_dir: Path) -> None:
+    """The shaped backend's sections: check, official, fast, system."""
+    plan = shaped_plan(args)
+    plan.run_name = run_file.path.stem
+    parts = set((args.parts or "check,official,fast,system").split(","))
+    results["plan"] = {
+        "new_tokens": plan.new_tokens,
+        "caption_side": plan.caption_side,
+        "image_side": plan.image_side,
+        "steps": plan.steps,
+        "caption_batches": plan.caption_batches,
+        "system_items": plan.system_items,
+        "gpus": plan.gpus,
+    }
+    keep: dict[str, Any] = {}
     sections: list[tuple[str, Callable[[], None]]] = [
         ("check", lambda: results.__setitem__("compute_check", compute_check())),
         ("official", lambda: model_official(plan, results, keep)),
         ("fast", lambda: model_fast(plan, results, keep)),
-        ("system", lambda: system(plan, results, out)),
+        ("system", lambda: system(plan, results, log_dir)),
     ]
-    keep: dict[str, Any] = {}
-    errors = results.setdefault("errors", {})
+    errors = results["errors"]
     for section, run in sections:
         if section not in parts:
             continue
@@ -836,14 +672,120 @@ def main() -> None:
         _log(f"== {section} ({plan.left():.0f}s of budget left)")
         try:
             run()
-            errors.pop(section, None)
         except Exception as exc:  # one failing section must not lose the others' figures
             import traceback
 
             traceback.print_exc()
             errors[section] = f"{type(exc).__name__}: {exc}"[:2000]
         results["targets"] = verdicts(results)
-        (out / name).write_text(json.dumps(results, indent=1, default=str) + "\n")
+        run_file.write(results)
+
+
+def real_plan(args: argparse.Namespace, log_dir: Path) -> Any:
+    """The ovis-u1 backend's plan (bench/gpu_ovis_u1.py)."""
+    from gpu_ovis_u1 import TASKS as REAL_TASKS
+    from gpu_ovis_u1 import RealPlan, smoke_plan
+
+    if not args.model_path:
+        raise SystemExit(
+            "--backend ovis-u1 needs --model-path (a directory from bench/build_ovis_u1_model.py)"
+        )
+    photos = Path(args.photos) if args.photos else None
+    if args.smoke:
+        return smoke_plan(Path(args.model_path), log_dir, args.budget_s or 420.0, photos)
+    return RealPlan(
+        model_path=Path(args.model_path),
+        device="cuda",
+        smoke=False,
+        captions=args.caption_items or 1024,
+        prompts=args.image_items or 32,
+        edits=args.edit_items or 64,
+        model_captions=args.model_caption_items,
+        model_images=args.model_image_items,
+        steps=args.steps,
+        image_size=None,
+        long_side=(args.min_side, args.max_side),
+        seed=args.seed,
+        photos_dir=photos,
+        parts=tuple((args.parts or "system,model").split(",")),
+        tasks=tuple(t for t in args.system_tasks.split(",") if t in REAL_TASKS),
+        caption_batch=args.caption_batch,
+        chunk_size=args.chunk_size,
+        broker_url=args.broker_url,
+        log_dir=log_dir,
+        budget_s=args.budget_s or 540.0,
+    )
+
+
+def main() -> None:
+    """Run the benchmark and write its own result file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--backend", choices=("ovis-u1-shaped", "ovis-u1"), default="ovis-u1-shaped")
+    parser.add_argument("--model-path", help="ovis-u1: the model directory (bench/build_ovis_u1_model.py)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, end to end")
+    parser.add_argument(
+        "--out", help="folder of the result file (default bench/results; --smoke: a new temp folder)"
+    )
+    parser.add_argument("--log-dir", help="folder of the worker logs (default: beside the result file)")
+    parser.add_argument("--git-sha", help="the commit, recorded where the copy that runs has no .git")
+    parser.add_argument(
+        "--parts", help="shaped: check,official,fast,system (all); ovis-u1: system,model (both)"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, help="stop starting new sections after this (420; ovis-u1 540)"
+    )
+    parser.add_argument("--caption-items", type=int, help="captions in the system run (4096; ovis-u1 1024)")
+    parser.add_argument(
+        "--image-items", type=int, help="text-to-image items in the system run (24; ovis-u1 32)"
+    )
+    parser.add_argument("--edit-items", type=int, help="edits in the system run (4; ovis-u1 64)")
+    parser.add_argument("--system-tasks", default=",".join(TASKS))
+    parser.add_argument("--broker-url", default="", help="broker of the system run (default: embedded)")
+    shaped = parser.add_argument_group("ovis-u1-shaped")
+    shaped.add_argument("--caption-batches", default="64,128,256,512")
+    shaped.add_argument("--gpus", default="none", help="worker GPUs: none (one worker) or 0,1 (one per GPU)")
+    real = parser.add_argument_group("ovis-u1")
+    real.add_argument("--model-caption-items", type=int, default=256, help="captions the model alone runs")
+    real.add_argument(
+        "--model-image-items", type=int, default=2, help="images and edits the model alone runs"
+    )
+    real.add_argument("--steps", type=int, default=50, help="sampling steps of images and edits")
+    real.add_argument("--min-side", type=int, default=256, help="photos' shortest long side, px")
+    real.add_argument("--max-side", type=int, default=1280, help="photos' longest long side, px")
+    real.add_argument("--seed", type=int, default=0, help="inputs and sampling seed")
+    real.add_argument("--photos", help="folder of the sample photos (realistic_inputs.py export-photos)")
+    real.add_argument("--caption-batch", type=int, default=0, help="caption micro-batch (0: backend default)")
+    real.add_argument("--chunk-size", type=int, default=0, help="items per chunk (0: product default)")
+    args = parser.parse_args()
+
+    if args.out:
+        out = Path(args.out)
+    elif args.smoke:
+        out = Path(tempfile.mkdtemp(prefix="gpu-throughput-smoke-"))
+    else:
+        out = ROOT / "bench" / "results"
+    log_dir = Path(args.log_dir) if args.log_dir else out
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    results: dict[str, Any] = {
+        **provenance(sys.argv, args.git_sha),
+        "backend": args.backend,
+        "smoke": args.smoke,
+        "environment": env,
+        "tasks": {task: {} for task in TASKS},
+        "errors": {},
+    }
+    run_file = RunFile(out, env.get("gpu"))
+    _log(f"this run's result file: {run_file.path}")
+    run_file.write(results)
+    if args.backend == "ovis-u1":
+        from gpu_ovis_u1 import run_ovis_u1
+
+        run_ovis_u1(real_plan(args, log_dir), results, run_file)
+    else:
+        run_shaped(args, results, run_file, log_dir)
+    results["finished_at"] = utc_now().isoformat().replace("+00:00", "Z")
+    run_file.write(results)
     print(json.dumps(results, default=str))
 
 

@@ -188,7 +188,9 @@ def _audit(stack: Stack, db: Records, job_id: str, scenario: str, started: float
 
 
 def _results(stack: Stack, job_id: str) -> list[dict[str, Any]]:
-    body = stack.s3().get_object(Bucket=stack.bucket, Key=f"outputs/{job_id}/results.jsonl")["Body"].read()
+    # The worker that ends the job writes its results file just after the job row says it ended (the
+    # reconciler later, if storage refused): wait for the file, not for a moment.
+    body = stack.written(f"outputs/{job_id}/results.jsonl")
     return [json.loads(line) for line in body.decode().splitlines()]
 
 

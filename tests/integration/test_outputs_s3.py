@@ -122,7 +122,7 @@ def test_jpeg_and_webp_outputs_carry_their_provenance_and_links_fetch_them(  # t
             assert made["backend"] == "fake" and isinstance(made["seed"], int)
 
         # results.jsonl, written by the worker when the job ended, holds the same provenance in its rows.
-        results = s3.get_object(Bucket=stack.bucket, Key=f"outputs/{job_id}/results.jsonl")["Body"].read()
+        results = stack.written(f"outputs/{job_id}/results.jsonl")
         rows = {row["id"]: row for row in map(json.loads, results.decode().splitlines())}
         for item in items:
             assert {name: rows[item["key"]].get(name) for name in item["provenance"]} == item["provenance"]

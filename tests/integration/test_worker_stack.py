@@ -72,7 +72,7 @@ def test_three_kinds_through_the_cli(stack: Stack, start_worker) -> None:  # typ
     items = _items(stack, caption_id)
     assert [i["key"] for i in items if i["status"] == "failed"] == ["p03.jpg"]
     assert all(i["output"].startswith("image ") for i in items if i["status"] == "succeeded")
-    results = s3.get_object(Bucket=stack.bucket, Key=f"outputs/{caption_id}/results.jsonl")["Body"].read()
+    results = stack.written(f"outputs/{caption_id}/results.jsonl")
     assert len(results.decode().splitlines()) == 5
 
     for job_id, expected_size in ((edit_id, None), (generate_id, (128, 64))):

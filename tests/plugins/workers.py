@@ -49,6 +49,18 @@ class Stack:
             aws_secret_access_key="testing",
         )
 
+    def written(self, key: str, timeout: float = 120) -> bytes:
+        """The object at `key` in the stack's bucket, once written: a job's results file lands just after its
+        row says it ended (or later, from the reconciler, when storage refused the first write)."""
+        client = self.s3()
+
+        def exists() -> bool:
+            return bool(client.list_objects_v2(Bucket=self.bucket, Prefix=key).get("KeyCount"))
+
+        wait_for(exists, timeout, f"{key} was not written")
+        body: bytes = client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
     def cli(
         self, *args: str, timeout: float = 120, check: bool = True, cwd: str | None = None
     ) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,6 @@ one CUDA graph per step, whole micro-batches), the DiT with fused QKV, the faste
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,8 +39,22 @@ from gpu_model.fast_dit import (
 from gpu_model.ovis_u1_loading import resolve_device
 from gpu_model.ovis_u1_pipeline import device_work
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest, Request
+from gpu_model.shaped_defaults import (
+    BLANK,
+    CAPTION_PROMPT,  # noqa: F401 - the benchmarks read the prompts from here
+    DEFAULTS,
+    GENERATE_PREFIX,
+    GENERIC_PROMPT,
+    MAX_BATCH,
+    MAX_CAPTION_TOKENS,
+    MAX_STEPS,
+    TOKEN_CACHE_SIZE,
+    WEIGHT_SEED,
+    edit_size,
+)
 from gpu_model.shaped_models import FULL, TINY, ShapedConfig, ShapedDiT, VisualTokenizer, build_llm, build_vae
 from gpu_model.shaped_sampling import Pass, euler, image_ids, noise, pack, schedule, unpack
+from gpu_model.shaped_transfer import HostImage, PinnedStaging, to_device
 from gpu_model.tiny_tokenizers import (
     IM_END,
     IMAGE_PAD,
@@ -52,42 +65,6 @@ from gpu_model.tiny_tokenizers import (
 )
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SEED = 0
-# The official scripts' prompts, after their "<image>\n" (the vision block here).
-CAPTION_PROMPT = (
-    "Describe the image by detailing the color, shape, size, texture, quantity, text, and spatial "
-    "relationships of the objects."
-)
-GENERATE_PREFIX = (
-    "Describe the image by detailing the color, shape, size, texture, quantity, text, and spatial "
-    "relationships of the objects:"
-)
-GENERIC_PROMPT = "Generate an image."
-BLANK = (255, 255, 255)
-#: Edit outputs: the input's aspect, sides multiples of 32, at most 1280 * 28 * 28 pixels (a 1024 x 1024
-#: input gives 992 x 992, as the official edit does).
-EDIT_FACTOR = 32
-EDIT_MAX_PIXELS = 1280 * 28 * 28
-MAX_CAPTION_TOKENS = 4096
-MAX_STEPS = 200
-#: Images run one at a time (the DiT is compute-bound at batch 1); a micro-batch of several is queued on the
-#: GPU back to back, each item's host work (conditions, copies) overlapping the previous item's passes.
-MAX_BATCH = {"caption": 256, "generate": 8, "edit": 4}
-#: Distinct prompts whose token ids are kept.
-TOKEN_CACHE_SIZE = 1024
-DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {
-        "caption": {"prompt": CAPTION_PROMPT, "max_new_tokens": 128},
-        "generate": {"width": 1024, "height": 1024, "steps": 50, "txt_cfg": 5.0},
-        "edit": {"steps": 50, "img_cfg": 1.5, "txt_cfg": 6.0},
-    },
-    "tiny": {
-        "caption": {"prompt": CAPTION_PROMPT, "max_new_tokens": 16},
-        "generate": {"width": 64, "height": 64, "steps": 4, "txt_cfg": 5.0},
-        "edit": {"steps": 4, "img_cfg": 1.5, "txt_cfg": 6.0},
-    },
-}
 
 
 @dataclass
@@ -105,84 +82,12 @@ class Parts:
     vocab: int = 0
 
 
-class HostImage:
-    """An image on its way to host memory: the copy is queued behind the GPU work that makes it, and waited
-    for only when the image is wanted (so the host can queue the next item meanwhile)."""
-
-    def __init__(self, pixels: torch.Tensor) -> None:
-        """`pixels`: [height, width, 3] uint8 on any device."""
-        self._ready: torch.cuda.Event | None = None
-        if pixels.is_cuda:
-            self._host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
-            self._host.copy_(pixels, non_blocking=True)
-            self._ready = torch.cuda.Event()
-            self._ready.record()
-        else:
-            self._host = pixels.contiguous()
-
-    def image(self) -> Image.Image:
-        """The image, once its copy has landed."""
-        if self._ready is not None:
-            self._ready.synchronize()
-        return Image.fromarray(self._host.numpy())
-
-
-class PinnedStaging:
-    """A pinned host buffer that micro-batches of images are stacked into and copied to the GPU from.
-
-    Stacking a caption micro-batch (512 images, ~300 MB) into fresh memory page-faults all of it every time,
-    on the model's thread, while the worker's I/O threads decode beside it (the model's share of each chunk
-    in bench/gpu_throughput.py's system run shows it).
-    The buffer is faulted in once, reused (after the copy out of it has landed) and grows to the largest
-    micro-batch seen.
-    """
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-        self._copied: torch.cuda.Event | None = None
-
-    def upload(self, arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
-        """The arrays (all of one shape) as one batch on `device`."""
-        shape = (len(arrays), *arrays[0].shape)
-        buffer = self._buffer
-        if buffer is None or buffer.shape[1:] != shape[1:] or buffer.shape[0] < shape[0]:
-            self._buffer = None
-            buffer = self._buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        elif self._copied is not None:
-            self._copied.synchronize()
-        host = buffer[: len(arrays)]
-        np.stack(arrays, out=host.numpy())
-        batch = host.to(device, non_blocking=True)
-        self._copied = torch.cuda.Event()
-        self._copied.record()
-        return batch
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device`; to a GPU through pinned memory without waiting for the queued work (a plain
-    copy would wait for everything queued before it)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 @dataclass(frozen=True)
 class Condition:
     """A refined condition: the DiT's text tokens and pooled vector."""
 
     text: torch.Tensor
     pooled: torch.Tensor
-
-
-def edit_size(width: int, height: int, max_pixels: int = EDIT_MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) of an edit's output: Qwen2-VL's smart resize to multiples of 32 under `max_pixels`."""
-    w = max(EDIT_FACTOR, round(width / EDIT_FACTOR) * EDIT_FACTOR)
-    h = max(EDIT_FACTOR, round(height / EDIT_FACTOR) * EDIT_FACTOR)
-    if w * h > max_pixels:
-        beta = math.sqrt(width * height / max_pixels)
-        w = max(EDIT_FACTOR, math.floor(width / beta / EDIT_FACTOR) * EDIT_FACTOR)
-        h = max(EDIT_FACTOR, math.floor(height / beta / EDIT_FACTOR) * EDIT_FACTOR)
-    return w, h
 
 
 def _check(ok: bool, message: str) -> None:

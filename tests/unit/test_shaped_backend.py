@@ -147,7 +147,7 @@ def test_images_are_queued_without_waiting_for_the_gpu() -> None:
 def test_pinned_staging_uploads_what_it_is_given_batch_after_batch() -> None:
     import numpy as np
 
-    from gpu_model.shaped import PinnedStaging
+    from gpu_model.shaped_transfer import PinnedStaging
 
     staging = PinnedStaging()
     rng = np.random.default_rng(0)

@@ -46,9 +46,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def _run(command: list[str], cwd: Path = ROOT) -> str | None:
+def _run(command: list[str]) -> str | None:
     try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=20, check=False)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None

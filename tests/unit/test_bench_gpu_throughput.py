@@ -1,0 +1,112 @@
+"""bench/gpu_throughput.py writes one raw file per run, named for its time and GPU, never another run's, and
+says in it where and how it ran (bench/gpu_results.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+results_module = _load("gpu_results")
+WHEN = dt.datetime(2026, 12, 7, 21, 5, 9, tzinfo=dt.UTC)
+
+
+def test_a_run_file_is_named_for_its_time_and_gpu() -> None:
+    assert results_module.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert results_module.slug("") == "unknown"
+
+
+def test_runs_in_the_same_second_get_files_of_their_own(tmp_path: Path) -> None:
+    first = results_module.RunFile(tmp_path, "NVIDIA H200", WHEN)
+    second = results_module.RunFile(tmp_path, "NVIDIA H200", WHEN)
+    first.write({"run": 1})
+    second.write({"run": 2})
+
+    assert first.path.name == "gpu_throughput-20261207T210509Z-nvidia-h200.json"
+    assert second.path.name == "gpu_throughput-20261207T210509Z-nvidia-h200-2.json"
+    assert json.loads(first.path.read_text()) == {"run": 1}
+    assert json.loads(second.path.read_text()) == {"run": 2}
+    assert {path.name for path in tmp_path.iterdir()} == {first.path.name, second.path.name}
+
+
+def test_a_file_that_exists_is_never_written(tmp_path: Path) -> None:
+    taken = tmp_path / "gpu_throughput-20261207T210509Z-cpu.json"
+    taken.write_text('{"an": "earlier run"}\n')
+
+    run = results_module.RunFile(tmp_path, None, WHEN)
+    run.write({"a": "later run"})
+
+    assert taken.read_text() == '{"an": "earlier run"}\n'
+    assert run.path != taken
+
+
+def test_without_git_the_commit_given_on_the_command_line_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results_module, "ROOT", tmp_path)  # a copy of the working tree, no .git
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+
+    assert results_module.git_state("abc123") == {
+        "sha": "abc123",
+        "dirty": None,
+        "source": "--git-sha (no .git where it ran)",
+    }
+    assert results_module.git_state(None)["sha"] is None
+
+
+def test_in_the_checkout_the_commit_is_read_from_git() -> None:
+    state = results_module.git_state("ignored")
+
+    assert state["source"] == "git" and len(state["sha"]) == 40 and isinstance(state["dirty"], bool)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+def test_a_smoke_run_writes_its_own_file_with_its_provenance_and_leaves_the_others(tmp_path: Path) -> None:
+    earlier = tmp_path / "gpu_throughput-20261201T000000Z-cpu.json"
+    earlier.write_text('{"bench": "gpu_throughput", "smoke": true}\n')
+    before = _digests(tmp_path)
+    command = [sys.executable, str(BENCH / "gpu_throughput.py"), "--smoke", "--parts", "official"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {name: _digests(tmp_path)[name] for name in before} == before
+    (written,) = [path for path in tmp_path.glob("*.json") if path != earlier]
+    assert written.name.startswith("gpu_throughput-") and written.name.endswith("-cpu.json")
+    result = json.loads(written.read_text())
+    assert result == json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "gpu_throughput" and result["backend"] == "ovis-u1-shaped" and result["smoke"]
+    assert result["git"]["source"] == "git" and result["command"].endswith(
+        "--parts official --out " + str(tmp_path)
+    )
+    environment = result["environment"]
+    assert {"python", "torch", "transformers", "diffusers", "cpus", "gpu"} <= set(environment)
+    assert result["errors"] == {}
+    assert result["tasks"]["caption"]["batch1_items_per_s"] > 0

@@ -3,7 +3,7 @@
 The directory is one bench/build_ovis_u1_model.py wrote (the official remote code, random weights: the real
 compute, meaningless outputs) or the real weights. Inputs are bench/realistic_inputs.py's: JPEG photos of
 256-1280 px, caption limits of 40-400 tokens (random weights never stop early), prompts of many lengths,
-edits of mixed sizes. Sections, in this order:
+edits of mixed sizes. Sections, in the order --parts names them (system, then model by default):
 
 - `system`: a fresh `ovis-batch worker` process with empty compile and module caches (and the page cache
   dropped where the run may). A one-photo caption job is queued before the worker starts; `cold_start_s` is
@@ -97,7 +97,9 @@ class RealPlan:
         }
 
 
-def smoke_plan(model_path: Path, log_dir: Path, budget_s: float, photos_dir: Path | None) -> RealPlan:
+def smoke_plan(
+    model_path: Path, log_dir: Path, budget_s: float, photos_dir: Path | None, parts: tuple[str, ...]
+) -> RealPlan:
     """Every section at toy sizes on the CPU (a model built with --tiny)."""
     return RealPlan(
         model_path=model_path,
@@ -113,7 +115,7 @@ def smoke_plan(model_path: Path, log_dir: Path, budget_s: float, photos_dir: Pat
         long_side=(96, 320),
         seed=0,
         photos_dir=photos_dir,
-        parts=("system", "model"),
+        parts=parts,
         tasks=TASKS,
         caption_batch=0,
         chunk_size=0,
@@ -422,9 +424,9 @@ def run_ovis_u1(plan: RealPlan, results: dict[str, Any], run_file: RunFile) -> N
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ["HF_MODULES_CACHE"] = str(work / "bench-hf-modules")
-    # The model alone reuses what the cold worker compiled, so that its warm-up is short.
+    # Caches of this process's own: the worker's start empty whichever section runs first.
     for name, folder in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
-        os.environ[name] = str(work / "worker-caches" / folder)
+        os.environ[name] = str(work / "bench-caches" / folder)
     results["plan"] = plan.describe()
     results["model"] = {**model_directory(plan.model_path), "flash_attn": ensure_flash_attn()}
     inputs, seconds = _timed(
@@ -447,9 +449,8 @@ def run_ovis_u1(plan: RealPlan, results: dict[str, Any], run_file: RunFile) -> N
         "system": lambda: system_run(plan, inputs, results, run_file),
         "model": lambda: _freeing(lambda: model_run(plan, inputs, results, run_file)),
     }
-    for name, section in sections.items():
-        if name not in plan.parts:
-            continue
+    for name in plan.parts:
+        section = sections[name]
         if plan.left() < 30:
             results["errors"][name] = "skipped: budget"
             continue

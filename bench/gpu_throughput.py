@@ -681,6 +681,14 @@ def run_shaped(args: argparse.Namespace, results: dict[str, Any], run_file: RunF
         run_file.write(results)
 
 
+def _real_parts(given: str | None) -> tuple[str, ...]:
+    parts = tuple((given or "system,model").split(","))
+    unknown = sorted(set(parts) - {"system", "model"})
+    if unknown:
+        raise SystemExit(f"--backend ovis-u1 has the parts system and model, not {unknown}")
+    return parts
+
+
 def real_plan(args: argparse.Namespace, log_dir: Path) -> Any:
     """The ovis-u1 backend's plan (bench/gpu_ovis_u1.py)."""
     from gpu_ovis_u1 import TASKS as REAL_TASKS
@@ -692,7 +700,9 @@ def real_plan(args: argparse.Namespace, log_dir: Path) -> Any:
         )
     photos = Path(args.photos) if args.photos else None
     if args.smoke:
-        return smoke_plan(Path(args.model_path), log_dir, args.budget_s or 420.0, photos)
+        return smoke_plan(
+            Path(args.model_path), log_dir, args.budget_s or 420.0, photos, _real_parts(args.parts)
+        )
     return RealPlan(
         model_path=Path(args.model_path),
         device="cuda",
@@ -707,7 +717,7 @@ def real_plan(args: argparse.Namespace, log_dir: Path) -> Any:
         long_side=(args.min_side, args.max_side),
         seed=args.seed,
         photos_dir=photos,
-        parts=tuple((args.parts or "system,model").split(",")),
+        parts=_real_parts(args.parts),
         tasks=tuple(t for t in args.system_tasks.split(",") if t in REAL_TASKS),
         caption_batch=args.caption_batch,
         chunk_size=args.chunk_size,

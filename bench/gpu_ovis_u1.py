@@ -391,6 +391,7 @@ def model_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file:
         seconds = [_timed(partial(method, [r]), device)[1] for r in requests]
         results["tasks"][task].update(
             model_items_per_s=round(len(requests) / sum(seconds), 4),
+            model_s_per_item=round(sum(seconds) / len(requests), 3),
             model={
                 "items": len(requests),
                 "item_s": [round(s, 2) for s in seconds],

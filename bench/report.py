@@ -83,6 +83,16 @@ def field(*keys: str) -> Getter:
     return lambda result: result.get(*keys)
 
 
+def task_field(task: str, *keys: str) -> Getter:
+    """A task's figure: under `tasks` in gpu_throughput files from 2026-12-07 on, at the top level before."""
+
+    def get(result: Result) -> Any:
+        value = result.get("tasks", task, *keys)
+        return value if value is not None else result.get(task, *keys)
+
+    return get
+
+
 def _targets_met(result: Result) -> str | None:
     verdicts = [value for value in (result.get("targets") or {}).values() if isinstance(value, bool)]
     return f"{sum(verdicts)} of {len(verdicts)}" if verdicts else None
@@ -102,14 +112,16 @@ def _timings(section: str) -> Getter:
 COLUMNS: dict[str, list[tuple[str, Getter]]] = {
     "gpu_throughput": [
         ("GPU", field("environment", "gpu")),
-        ("caption system items/s", field("caption", "system_items_per_s")),
-        ("caption model items/s", field("caption", "model_items_per_s")),
-        ("caption batch-1 items/s", field("caption", "batch1_items_per_s")),
-        ("generate system s/image", field("generate", "system", "s_per_item")),
-        ("generate model s/image", field("generate", "model_s_per_item")),
-        ("edit system s/edit", field("edit", "system", "s_per_item")),
-        ("edit model s/edit", field("edit", "model_s_per_item")),
-        ("caption items/s, 2 workers", field("caption", "system_items_per_s_2_workers")),
+        ("backend", field("backend")),
+        ("cold start s", field("cold_start_s")),
+        ("caption system items/s", task_field("caption", "system_items_per_s")),
+        ("caption model items/s", task_field("caption", "model_items_per_s")),
+        ("caption batch-1 items/s", task_field("caption", "batch1_items_per_s")),
+        ("generate system s/image", task_field("generate", "system", "s_per_item")),
+        ("generate model s/image", task_field("generate", "model_s_per_item")),
+        ("edit system s/edit", task_field("edit", "system", "s_per_item")),
+        ("edit model s/edit", task_field("edit", "model_s_per_item")),
+        ("caption items/s, 2 workers", task_field("caption", "system_items_per_s_2_workers")),
         ("targets met", _targets_met),
     ],
     "ovis_u1_standin_gpu": [

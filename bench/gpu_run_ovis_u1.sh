@@ -44,4 +44,4 @@ if [ ! -f "$model/config.json" ]; then
         --out "$model" | tee "$logs/build_ovis_u1_model.json"
 fi
 python3 bench/gpu_throughput.py --backend ovis-u1 --model-path "$model" --photos .remote/photos \
-    --out "$out" --log-dir "$logs" --budget-s "${OVIS_BENCH_BUDGET_S:-480}" "$@"
+    --out "$out" --log-dir "$logs" --budget-s "${OVIS_BENCH_BUDGET_S:-450}" "$@"

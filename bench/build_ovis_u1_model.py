@@ -11,13 +11,13 @@ through `from_pretrained(..., trust_remote_code=True)` and runs the real code pa
 
 Full size: Qwen3-1.7B LLM, AIMv2 vision tower with Ovis's visual head (16,384 visual words), the Yak DiT
 (6 double + 12 single blocks, hidden 1536) with its token refiner, and a Flux-shaped VAE: 3.34B parameters,
-about 6.7 GB in bf16, in two shards. The model is built on the GPU when there is one (torch's default device),
-which takes seconds; building 3.3B parameters on the CPU takes minutes. `--tiny` builds the same code at
-toy sizes in a second, for tests on the CPU.
+about 6.7 GB in bf16, in two shards. The model is built on the GPU when there is one (torch's default device):
+initialising 3.3B parameters there is far faster than on the CPU and copying. `--tiny` builds the same code
+at toy sizes, for tests on the CPU.
 
 The tokenizer: a byte-level BPE with Qwen's pre-tokenizer and Qwen3's vocabulary size (151,643 merged tokens,
 then Qwen3's 26 added tokens at their ids: <|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, ...),
-trained on the Python sources and docs installed on the machine. It is trained once (about a minute) and kept
+trained on the Python sources and docs installed on the machine. It is trained once and kept
 in `--tokenizer-cache` (default .remote/tokenizer, ignored by git): BPE training is not deterministic, so
 runs that should compare reuse one. `--tiny` uses the tiny backend's committed tokenizer.
 

@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gpu_results import RunFile
+from gpu_results import RunFile, run_section
 from gpu_system import log, run_job, start_worker, stop_worker, wait_for, wait_ready, worker_env
 from realistic_inputs import Inputs, read_manifest, write_inputs
 
@@ -457,14 +457,7 @@ def run_ovis_u1(plan: RealPlan, results: dict[str, Any], run_file: RunFile) -> N
         if plan.left() < SECTION_MIN_S[name]:
             results["errors"][name] = f"skipped: {plan.left():.0f}s of the budget left"
             continue
-        log(f"== {name} ({plan.left():.0f}s of budget left)")
-        try:
-            section()
-        except Exception as exc:  # one failing section must not lose the others' figures
-            import traceback
-
-            traceback.print_exc()
-            results["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+        run_section(name, section, results, plan.left())
         run_file.write(results)
     for task in TASKS:
         entry = results["tasks"][task]

@@ -17,6 +17,9 @@ import re
 import shlex
 import subprocess
 import sys
+import time
+import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -132,3 +135,14 @@ class RunFile:
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
         os.replace(partial, self.path)
+
+
+def run_section(name: str, section: Callable[[], None], results: dict[str, Any], left: float) -> None:
+    """Run one section of the benchmark; its failure goes into `errors` with the traceback on stderr, so
+    that one failing section does not lose the others' figures."""
+    print(f"[{time.strftime('%H:%M:%S')}] == {name} ({left:.0f}s of budget left)", flush=True)
+    try:
+        section()
+    except Exception as exc:
+        traceback.print_exc()
+        results["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]

@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpu_results import RunFile, environment, provenance, utc_now  # noqa: E402 - bench/ is on sys.path
+from gpu_results import RunFile, environment, provenance, run_section, utc_now  # noqa: E402 - bench/ is on sys.path
 from gpu_system import log as _log  # noqa: E402
 from gpu_system import run_job, start_worker, stop_worker, wait_ready, worker_env  # noqa: E402
 
@@ -669,14 +669,7 @@ def run_shaped(args: argparse.Namespace, results: dict[str, Any], run_file: RunF
         if plan.left() < 30:
             errors[section] = "skipped: device budget"
             continue
-        _log(f"== {section} ({plan.left():.0f}s of budget left)")
-        try:
-            run()
-        except Exception as exc:  # one failing section must not lose the others' figures
-            import traceback
-
-            traceback.print_exc()
-            errors[section] = f"{type(exc).__name__}: {exc}"[:2000]
+        run_section(section, run, results, plan.left())
         results["targets"] = verdicts(results)
         run_file.write(results)
 

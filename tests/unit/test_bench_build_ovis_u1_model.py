@@ -8,33 +8,22 @@ OVIS_BENCH_REMOTE_CODE at a folder holding the six files.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench"
+from tests.bench_scripts import BENCH, ROOT, load_bench_script
+
 REMOTE_CODE = Path(os.environ.get("OVIS_BENCH_REMOTE_CODE", ROOT / ".remote" / "ovis-u1"))
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = _load("build_ovis_u1_model")
+builder = load_bench_script("build_ovis_u1_model")
 
 
 def _torchvision_imports() -> bool:

@@ -3,12 +3,9 @@ for the same seed, and manifests that submission reads as the product reads any 
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,20 +13,9 @@ from PIL import Image
 
 from jobs.lifecycle import JobKind
 from jobs.sources import iter_source
+from tests.bench_scripts import load_bench_script
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-inputs_module = _load("realistic_inputs")
+inputs_module = load_bench_script("realistic_inputs")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,19 @@
 """The raw result file of one GPU benchmark run, and what it says about where and how it ran.
 
-Every run writes its own file, `gpu_throughput-<UTC timestamp>-<gpu>.json`, never another run's: the name
-is taken with an exclusive create, and a second run in the same second gets a `-2` suffix. The file is
-rewritten as the run's sections end (write to a temporary file, then rename), so a run that is stopped keeps
-what it measured. It records the date, the git commit, the machine (GPU, driver, CPUs), the library
-versions and the command line.
+Every run writes its own file, `gpu_throughput-<UTC time>-<gpu>.json`, never another run's: the name is taken
+with an exclusive create (a second run in the same second gets a `-2` suffix). Unlike bench/raw_result.py's
+files, written once at the end, this one is rewritten by its own run as its sections end (a temporary file,
+then a rename): a GPU run that is stopped at its time limit keeps what it measured. What it records about
+the run is raw_result's (date, git commit and whether the tree was clean, machine, library versions, command
+line), with the GPU (name, count, memory, driver) and the model stack's versions added.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import platform
 import re
-import shlex
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -24,24 +21,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.raw_result import run_metadata
+
 BENCH = "gpu_throughput"
-#: Libraries whose versions the file records (distribution names).
-LIBRARIES = (
-    "torch",
-    "transformers",
-    "diffusers",
-    "tokenizers",
-    "huggingface_hub",
-    "accelerate",
-    "numpy",
-    "pillow",
-)
-
-
-def utc_now() -> dt.datetime:
-    """Now, in UTC, to the second."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+#: Versions recorded beside raw_result's: the model stack the real code path runs on.
+MODEL_STACK = ("tokenizers", "huggingface_hub", "accelerate", "safetensors", "einops", "numpy", "pillow")
 
 
 def slug(text: str) -> str:
@@ -49,76 +33,55 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def _run(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def git_state(given_sha: str | None = None) -> dict[str, Any]:
-    """The checkout's commit and whether its tracked files differ from it; on a copy without .git (a GPU host
-    gets the working tree alone), the commit given on the command line."""
-    sha = _run(["git", "rev-parse", "HEAD"])
-    if sha is not None:
-        status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
-        return {"sha": sha, "dirty": bool(status), "source": "git"}
-    if given_sha:
-        return {"sha": given_sha, "dirty": None, "source": "--git-sha (no .git where it ran)"}
-    return {"sha": None, "dirty": None, "source": "no .git where it ran and no --git-sha"}
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment() -> dict[str, Any]:
-    """The machine (GPU, driver, CPUs) and the library versions the run used."""
+def gpu_details() -> dict[str, Any]:
+    """The GPU this process sees (None without CUDA), how many, their memory, the driver, CUDA and cuDNN."""
     import torch
 
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        **{name: _version(name) for name in LIBRARIES},
-        "torch_imported": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["gpu_count"] = torch.cuda.device_count()
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1)
-        smi = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-        info["driver"] = smi.splitlines()[0] if smi else None
-    else:
-        info["gpu"] = None
+    info: dict[str, Any] = {"gpu": None, "torch_cuda": torch.version.cuda}
+    if not torch.cuda.is_available():
+        return info
+    info.update(
+        gpu=torch.cuda.get_device_name(),
+        gpu_count=torch.cuda.device_count(),
+        gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1),
+        cudnn=torch.backends.cudnn.version(),
+    )
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        info["driver"] = smi.stdout.strip().splitlines()[0] if smi.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        info["driver"] = None
     return info
 
 
-def provenance(argv: list[str], given_sha: str | None) -> dict[str, Any]:
-    """What the file says about the run itself: when, which commit, which command."""
-    started = utc_now()
-    return {
-        "bench": BENCH,
-        "date": started.strftime("%Y-%m-%d"),
-        "started_at": started.isoformat().replace("+00:00", "Z"),
-        "git": git_state(given_sha),
-        "command": shlex.join([Path(sys.executable).name, *argv]),
-    }
+def provenance(given_sha: str | None) -> dict[str, Any]:
+    """raw_result's record of the run, the GPU in `machine`, the model stack in `versions`; on a copy of the
+    working tree without .git (a GPU host gets no history), the commit `--git-sha` gave."""
+    meta = run_metadata(gpu_details())
+    for name in MODEL_STACK:
+        try:
+            meta["versions"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    if meta["git_sha"] is None and given_sha:
+        meta["git_sha"] = given_sha
+        meta["git_sha_from"] = "--git-sha (the copy that ran has no .git)"
+    return {"bench": BENCH, **meta}
 
 
 class RunFile:
     """This run's result file: its name claimed once, its content replaced as the run goes on."""
 
-    def __init__(self, folder: Path, gpu: str | None, when: dt.datetime | None = None) -> None:
+    def __init__(self, folder: Path, date: str, gpu: str | None) -> None:
+        """`date` as raw_result writes it (2026-12-07T21:05:09Z)."""
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = (when or utc_now()).strftime("%Y%m%dT%H%M%SZ")
-        base = f"{BENCH}-{stamp}-{slug(gpu or 'cpu')}"
+        base = f"{BENCH}-{date.replace(':', '').replace('-', '')}-{slug(gpu or 'cpu')}"
         for attempt in range(1, 1000):
             path = folder / (f"{base}.json" if attempt == 1 else f"{base}-{attempt}.json")
             try:

@@ -17,14 +17,16 @@ to its first result. See bench/gpu_ovis_u1.py.
     python bench/gpu_throughput.py --smoke                       # every section at tiny sizes on the CPU
     python bench/gpu_throughput.py --backend ovis-u1 --model-path /tmp/ovis-u1-tiny --smoke
 
-Every run writes its own raw file, bench/results/gpu_throughput-<UTC timestamp>-<gpu>.json (a smoke run:
-a temporary folder unless --out), with the date, git commit, machine, library versions and command line
-(bench/gpu_results.py); it never changes another file. Prints one JSON object as its last line.
+Every run writes its own raw file, bench/results/gpu_throughput-<UTC time>-<gpu>.json (a smoke run: a
+temporary folder unless --out), with the date, git commit, machine, library versions and command line
+(bench/gpu_results.py, on bench/raw_result.py); it never changes another file. Prints one JSON object as
+its last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gc
 import json
 import os
@@ -42,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpu_results import RunFile, environment, provenance, run_section, utc_now  # noqa: E402 - bench/ is on sys.path
+from gpu_results import RunFile, provenance, run_section  # noqa: E402 - bench/ is on sys.path
 from gpu_system import log as _log  # noqa: E402
 from gpu_system import run_job, start_worker, stop_worker, wait_ready, worker_env  # noqa: E402
 
@@ -769,16 +771,14 @@ def main() -> None:
         out = ROOT / "bench" / "results"
     log_dir = Path(args.log_dir) if args.log_dir else out
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = environment()
     results: dict[str, Any] = {
-        **provenance(sys.argv, args.git_sha),
+        **provenance(args.git_sha),
         "backend": args.backend,
         "smoke": args.smoke,
-        "environment": env,
         "tasks": {task: {} for task in TASKS},
         "errors": {},
     }
-    run_file = RunFile(out, env.get("gpu"))
+    run_file = RunFile(out, results["date"], results["machine"]["gpu"])
     _log(f"this run's result file: {run_file.path}")
     run_file.write(results)
     if args.backend == "ovis-u1":
@@ -787,7 +787,7 @@ def main() -> None:
         run_ovis_u1(real_plan(args, log_dir), results, run_file)
     else:
         run_shaped(args, results, run_file, log_dir)
-    results["finished_at"] = utc_now().isoformat().replace("+00:00", "Z")
+    results["finished_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     run_file.write(results)
     print(json.dumps(results, default=str))
 

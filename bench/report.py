@@ -111,7 +111,7 @@ def _timings(section: str) -> Getter:
 #: Columns of the benchmarks whose files nest their figures; any other benchmark shows its top-level values.
 COLUMNS: dict[str, list[tuple[str, Getter]]] = {
     "gpu_throughput": [
-        ("GPU", field("environment", "gpu")),
+        ("GPU", lambda result: result.get("machine", "gpu") or result.get("environment", "gpu")),
         ("backend", field("backend")),
         ("cold start s", field("cold_start_s")),
         ("caption system items/s", task_field("caption", "system_items_per_s")),

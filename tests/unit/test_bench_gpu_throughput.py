@@ -3,7 +3,6 @@ says in it where and how it ran (bench/gpu_results.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -13,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench import raw_result
 from tests.bench_scripts import BENCH, ROOT, load_bench_script
 
 results_module = load_bench_script("gpu_results")
-WHEN = dt.datetime(2026, 12, 7, 21, 5, 9, tzinfo=dt.UTC)
+DATE = "2026-12-07T21:05:09Z"
 
 
 def test_a_run_file_is_named_for_its_time_and_gpu() -> None:
@@ -25,8 +25,8 @@ def test_a_run_file_is_named_for_its_time_and_gpu() -> None:
 
 
 def test_runs_in_the_same_second_get_files_of_their_own(tmp_path: Path) -> None:
-    first = results_module.RunFile(tmp_path, "NVIDIA H200", WHEN)
-    second = results_module.RunFile(tmp_path, "NVIDIA H200", WHEN)
+    first = results_module.RunFile(tmp_path, DATE, "NVIDIA H200")
+    second = results_module.RunFile(tmp_path, DATE, "NVIDIA H200")
     first.write({"run": 1})
     second.write({"run": 2})
 
@@ -41,7 +41,7 @@ def test_a_file_that_exists_is_never_written(tmp_path: Path) -> None:
     taken = tmp_path / "gpu_throughput-20261207T210509Z-cpu.json"
     taken.write_text('{"an": "earlier run"}\n')
 
-    run = results_module.RunFile(tmp_path, None, WHEN)
+    run = results_module.RunFile(tmp_path, DATE, None)
     run.write({"a": "later run"})
 
     assert taken.read_text() == '{"an": "earlier run"}\n'
@@ -49,23 +49,26 @@ def test_a_file_that_exists_is_never_written(tmp_path: Path) -> None:
 
 
 def test_without_git_the_commit_given_on_the_command_line_is_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(results_module, "ROOT", tmp_path)  # a copy of the working tree, no .git
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setattr(raw_result, "_git_sha", lambda: None)  # a copy of the working tree, no .git
 
-    assert results_module.git_state("abc123") == {
-        "sha": "abc123",
-        "dirty": None,
-        "source": "--git-sha (no .git where it ran)",
-    }
-    assert results_module.git_state(None)["sha"] is None
+    given = results_module.provenance("abc123")
+    absent = results_module.provenance(None)
+
+    assert (given["git_sha"], given["git_sha_from"]) == (
+        "abc123",
+        "--git-sha (the copy that ran has no .git)",
+    )
+    assert absent["git_sha"] is None and "git_sha_from" not in absent
 
 
 def test_in_the_checkout_the_commit_is_read_from_git() -> None:
-    state = results_module.git_state("ignored")
+    meta = results_module.provenance("ignored")
 
-    assert state["source"] == "git" and len(state["sha"]) == 40 and isinstance(state["dirty"], bool)
+    assert len(meta["git_sha"]) == 40 and "git_sha_from" not in meta and isinstance(meta["git_dirty"], bool)
+    assert meta["bench"] == "gpu_throughput" and "gpu" in meta["machine"]
+    assert {"python", "torch", "transformers", "diffusers", "tokenizers", "numpy"} <= set(meta["versions"])
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -90,10 +93,10 @@ def test_a_smoke_run_writes_its_own_file_with_its_provenance_and_leaves_the_othe
     result = json.loads(written.read_text())
     assert result == json.loads(done.stdout.strip().splitlines()[-1])
     assert result["bench"] == "gpu_throughput" and result["backend"] == "ovis-u1-shaped" and result["smoke"]
-    assert result["git"]["source"] == "git" and result["command"].endswith(
+    assert len(result["git_sha"]) == 40 and result["command"].endswith(
         "--parts official --out " + str(tmp_path)
     )
-    environment = result["environment"]
-    assert {"python", "torch", "transformers", "diffusers", "cpus", "gpu"} <= set(environment)
+    assert {"host", "cpus", "gpu"} <= set(result["machine"]) and result["machine"]["gpu"] is None
+    assert {"python", "torch", "transformers", "diffusers"} <= set(result["versions"])
     assert result["errors"] == {}
     assert result["tasks"]["caption"]["batch1_items_per_s"] > 0

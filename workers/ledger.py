@@ -26,9 +26,7 @@ from jobs.broker import TASK_NAMES
 from jobs.db import get_engine
 from jobs.lifecycle import JobKind, JobStatus
 from jobs.models import Job
-from jobs.notify import deliver_notification
 from jobs.results import deliver_results
-from jobs.settings import Settings
 from jobs.state import (
     ClaimedItem,
     cancel_items,
@@ -93,13 +91,6 @@ class Tally:
     failed: int = 0
     cancelled: int = 0
     final_status: JobStatus | None = None
-
-
-def _notify(settings: Settings, job_id: str) -> None:
-    try:
-        deliver_notification(settings, job_id)
-    except Exception:  # the reconciler tries again
-        log.warning("notifying the end of job %s failed", job_id, exc_info=True, extra={"job_id": job_id})
 
 
 def _close_quietly(connection: Connection | None) -> None:
@@ -400,8 +391,6 @@ class _Book:
             log.info("job %s finished: %s", self.job_id, status.value, extra={"job_id": self.job_id})
             # A failed write is recorded on the job; the reconciler writes the file later.
             deliver_results(self.rt.settings, self.job_id)
-            # The notification's first attempt now, beside the model (the reconciler makes the next ones).
-            self.rt.io_pool.submit(_notify, self.rt.settings, self.job_id)
 
     def release(self, model_s: float, stopping: bool) -> None:
         if not self.open:

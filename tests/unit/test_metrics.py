@@ -215,8 +215,10 @@ def project_metrics(tmp_path: Path) -> dict[str, set[str]]:
         family.name: (family.type, {label for sample in family.samples for label in sample.labels})
         for family in JobMetrics(embedded_settings(tmp_path)).collect()
     }
-    # A family with no samples (no failures yet) still has its labels.
+    # A family with no samples (no failures, no worker has recorded anything yet) still has its labels.
     families["ovis_batch_open_job_failures"] = ("gauge", {"kind", "code"})
+    for name in ("ovis_batch_worker_items", "ovis_batch_worker_gpu_seconds"):
+        families[name] = ("counter", {"worker", "kind"})
     return exported_samples(families)
 
 

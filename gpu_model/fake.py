@@ -58,7 +58,8 @@ class FakeBackend(Backend):
             time.sleep(seconds)
 
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
-        """A caption naming the image's fingerprint and the prompt, cut to max_new_tokens words."""
+        """A caption naming the image's fingerprint and the prompt, cut to max_new_tokens words; `max_pixels`
+        is accepted and has no effect (no model sees the image)."""
         self._simulate([r.prompt for r in requests])
         captions = []
         for r in requests:

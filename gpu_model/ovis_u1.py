@@ -50,6 +50,11 @@ DEFAULT_CAPTION_MAX_NEW_TOKENS = 512
 # Limits the backend validates against before any model work.
 #: Largest max_new_tokens (the official understanding script's value).
 MAX_CAPTION_NEW_TOKENS = 4096
+#: A caption's max_pixels, passed to preprocess_inputs: the visual tokenizer resizes every image to between
+#: 448x448 and 1792x1792 pixels (256 to 4096 visual tokens); a cap below the first would show the model images
+#: smaller than its own preprocessing ever gives it.
+MIN_CAPTION_MAX_PIXELS = 448 * 448
+MAX_CAPTION_MAX_PIXELS = 1792 * 1792
 #: generate_img truncates height and width to multiples of 16 (VAE 8x and 2x2 latent patches).
 GENERATE_SIZE_MULTIPLE = 16
 MIN_GENERATE_SIDE = 64
@@ -107,6 +112,8 @@ def validate_caption(request: CaptionRequest) -> None:
     )
     _check(request.temperature >= 0, f"temperature must be >= 0, got {request.temperature}")
     _check(0 <= request.seed <= MAX_SEED, f"seed must be within 0..2**64-1, got {request.seed}")
+    cap, low, high = request.max_pixels, MIN_CAPTION_MAX_PIXELS, MAX_CAPTION_MAX_PIXELS
+    _check(cap is None or low <= cap <= high, f"max_pixels must be within {low}..{high}, got {cap}")
 
 
 def validate_generate(request: GenerateRequest) -> None:

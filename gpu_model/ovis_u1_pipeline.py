@@ -160,6 +160,9 @@ class OvisU1Pipeline:
         return replace(request, prepared=inputs)
 
     def _caption_inputs(self, request: CaptionRequest) -> CaptionInputs:
+        # The remote code's own resize takes the cap (smaller images, fewer visual tokens); unset, the call
+        # is the official script's.
+        cap = {"max_pixels": request.max_pixels} if request.max_pixels is not None else {}
         _, input_ids, pixel_values, grid_thws = self.model.preprocess_inputs(
             UNDERSTANDING_PREFIX + request.prompt,
             [_to_rgb(request.image)],
@@ -168,6 +171,7 @@ class OvisU1Pipeline:
             propagate_exception=False,
             multimodal_type="single_image",
             fix_sample_overall_length_navit=False,
+            **cap,
         )
         return CaptionInputs(input_ids, pixel_values, grid_thws)
 

@@ -17,6 +17,9 @@ class CaptionRequest:
     #: Greedy decoding when 0; sampling temperature otherwise.
     temperature: float = 0.0
     seed: int = 0
+    #: The most pixels the model's own preprocessing resizes `image` to (fewer visual tokens: faster, less
+    #: detail); None keeps the model's bound. Backends whose vision input has a fixed size say so.
+    max_pixels: int | None = None
     #: The backend's own preprocessed form of `image` and `prompt` (see `Backend.prepare`), or None.
     prepared: object | None = None
 

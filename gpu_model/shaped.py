@@ -327,7 +327,9 @@ class ShapedBackend(Backend):
         return cached
 
     def _array(self, image: Image.Image) -> np.ndarray:
-        """An image at the vision tower's size as a [side, side, 3] uint8 array."""
+        """An image at the vision tower's size as a [side, side, 3] uint8 array. A caption's `max_pixels` is
+        met as it is: the side is 448 at full size, the real model's smallest resize and the floor of any cap
+        (tiny shapes are smaller still), so no cap lowers the tower's input."""
         side = self.parts.cfg.image_size
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if rgb.size != (side, side):

@@ -97,7 +97,8 @@ class TinyBackend(Backend):
         self.edit([EditRequest(image=grey, instruction="warm up", steps=1, seed=0, img_cfg=1.5, txt_cfg=2.0)])
 
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
-        """Caption the micro-batch in one left-padded `generate`; greedy at temperature 0, else seeded."""
+        """Caption the micro-batch in one left-padded `generate`; greedy at temperature 0, else seeded.
+        `max_pixels` is accepted and has no effect: the vision tower takes every image at one small size."""
         for request in requests:
             if request.max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")

@@ -124,6 +124,11 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
         prompt: str | None = typer.Option(None, help="Question put to the model for every image."),
         max_new_tokens: int | None = typer.Option(None, help="Longest caption, in tokens."),
         temperature: float = typer.Option(0.0, help="0 = greedy decoding."),
+        max_pixels: int | None = typer.Option(
+            None,
+            help="Most pixels the model sees of each image, 200704-3211264 (448x448 to 1792x1792); fewer is "
+            "faster, with less detail. 0 = the model's default; a manifest's max_pixels field, per item.",
+        ),
         seed: int = SeedOpt,
         priority: int = PriorityOpt,
         output: str | None = OutputOpt,
@@ -132,6 +137,7 @@ def register_kinds(target: typer.Typer, action: KindAction) -> None:
     ) -> None:
         """Caption images."""
         params = _drop_none(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        params |= _drop_none(max_pixels=max_pixels)
         action(JobKind.CAPTION, input, params, priority, output, skip_existing, notify_url)
 
     @target.command("generate")

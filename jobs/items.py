@@ -13,7 +13,7 @@ from jobs.lifecycle import JobKind
 
 #: Per-item parameters a manifest may set, per kind (the rest are job-wide).
 ITEM_PARAMS: dict[JobKind, frozenset[str]] = {
-    JobKind.CAPTION: frozenset({"max_new_tokens", "seed"}),
+    JobKind.CAPTION: frozenset({"max_new_tokens", "max_pixels", "seed"}),
     JobKind.GENERATE: frozenset({"seed", "width", "height", "steps", "txt_cfg", "image_format", "quality"}),
     JobKind.EDIT: frozenset({"seed", "steps", "img_cfg", "txt_cfg", "image_format", "quality"}),
 }

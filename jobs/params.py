@@ -19,6 +19,10 @@ MAX_STEPS = 200
 MAX_NEW_TOKENS = 4096
 SEED_MAX = 2**31 - 1
 MAX_CFG = 20.0
+#: The range of a caption's `max_pixels`: Ovis-U1's preprocessing resizes an image to 448x448 pixels at least
+#: and 1792x1792 at most; a cap below the first would show the model images smaller than it ever gets.
+MIN_MAX_PIXELS = 448 * 448
+MAX_MAX_PIXELS = 1792 * 1792
 #: Quality of JPEG and WebP outputs when a job or an item sets none (PNG is lossless: no quality).
 DEFAULT_QUALITY = 90
 #: How a format may be spelled besides its own name.
@@ -39,6 +43,20 @@ class CaptionParams(_Params):
     max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     #: 0 means greedy decoding.
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    #: The most pixels the model's preprocessing resizes an image to (fewer visual tokens, faster, less
+    #: detail); 0 or unset: the model's own bound. Kept as 0 where given, so that an item's 0 undoes a
+    #: job's cap (None would let the job's value through).
+    max_pixels: int | None = None
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _pixel_cap(cls, value: int | None) -> int | None:
+        if value and not MIN_MAX_PIXELS <= value <= MAX_MAX_PIXELS:
+            raise ValueError(
+                f"must be 0 (the model's default) or within {MIN_MAX_PIXELS}..{MAX_MAX_PIXELS} "
+                f"(448x448 to 1792x1792 pixels), got {value}"
+            )
+        return value
 
 
 class _ImageParams(_Params):

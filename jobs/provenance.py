@@ -29,6 +29,8 @@ FIELD_TYPES: dict[str, type] = {
     "height": int,
     "max_new_tokens": int,
     "temperature": float,
+    #: The cap on the pixels the model saw of a caption's image; empty where the model's own bound held.
+    "max_pixels": int,
     "image_format": str,
     #: JPEG and WebP only.
     "quality": int,
@@ -43,7 +45,7 @@ FIELD_TYPES: dict[str, type] = {
 _MODEL = ("model", "model_revision", "backend", "version")
 #: The fields of each kind, in the order exports add them as columns.
 FIELDS: dict[str, tuple[str, ...]] = {
-    JobKind.CAPTION.value: ("kind", "prompt", "seed", "max_new_tokens", "temperature", *_MODEL),
+    JobKind.CAPTION.value: ("kind", "prompt", "seed", "max_new_tokens", "temperature", "max_pixels", *_MODEL),
     JobKind.GENERATE.value: (
         "kind",
         "prompt",

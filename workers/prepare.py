@@ -182,6 +182,7 @@ class Inputs:
                 "seed": request.seed,
                 "max_new_tokens": request.max_new_tokens,
                 "temperature": request.temperature,
+                "max_pixels": request.max_pixels,
             }
         elif isinstance(request, GenerateRequest):
             made = {"prompt": request.prompt, "seed": request.seed, "steps": request.steps}
@@ -205,6 +206,8 @@ class Inputs:
                 max_new_tokens=p["max_new_tokens"],
                 temperature=float(p.get("temperature", 0.0)),
                 seed=seed,
+                # 0 (an item undoing its job's cap) and unset both leave the model's own bound.
+                max_pixels=int(p.get("max_pixels") or 0) or None,
             )
         if self.kind is JobKind.GENERATE:
             return GenerateRequest(

@@ -2,12 +2,14 @@
 
 Every recorded success carries a fingerprint of everything its output depends on: the job kind, the
 input's bytes (a digest of what the worker read), the request as the model got it (prompt or instruction
-actually used, every parameter, the seed), the backend and model (path and revision), ovis-batch's version,
-the output location and, for images, the format and quality the output is written in (a PNG is never
-reused for a JPEG). An item of a job that reuses outputs takes an earlier item's output, and its provenance,
-only when the fingerprints are equal, and, for images, only when that output is still in storage. Outputs
-recorded before formats were fingerprinted are never reused: nothing says how they were encoded, nor records
-their provenance.
+actually used, every parameter, a caption's `max_pixels` too, the seed), the backend and model (path and
+revision), ovis-batch's version, the output location and, for images, the format and quality the output is
+written in (a PNG is never reused for a JPEG). An item of a job that reuses outputs takes an earlier item's
+output, and its provenance, only when the fingerprints are equal, and, for images, only when that output is
+still in storage. Outputs recorded before formats were fingerprinted are never reused: nothing says how they
+were encoded, nor records their provenance. A parameter the request leaves unset (None: the model's own
+default) is left out, so that a parameter added later keeps the fingerprints of outputs made before it
+existed.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ def fingerprint(
     """The fingerprint of one item's output (see the module's docstring); `image_format` and `quality` are
     None for captions."""
     parameters = {
-        field.name: getattr(request, field.name)
+        field.name: value
         for field in dataclasses.fields(request)
-        if field.name not in _NOT_PARAMETERS
+        if field.name not in _NOT_PARAMETERS and (value := getattr(request, field.name)) is not None
     }
     described = {
         "kind": kind,

@@ -54,6 +54,22 @@ def test_run_caption_on_the_tiny_model_then_status_list_export(tmp_path: Path) -
     assert all(row["status"] == "succeeded" and row["output"] is not None for row in table)
 
 
+def test_run_caption_under_a_pixel_cap_records_it_with_every_caption(tmp_path: Path) -> None:
+    write_photos(tmp_path / "img", count=2)
+    manifest = tmp_path / "photos.csv"
+    manifest.write_text("id,image,max_pixels\njob,img/photo000.jpg,\nown,img/photo001.jpg,802816\n")
+    args = ("run", "caption", "--input", str(manifest), "--max-new-tokens", "4")
+    out = _cli(tmp_path, *args, "--max-pixels", "401408")
+    assert "(2 succeeded, 0 failed" in out.stdout
+    [job] = [json.loads(line) for line in _cli(tmp_path, "list", "--json").stdout.splitlines()]
+    _cli(tmp_path, "export", job["id"], "--out", str(tmp_path / "captions.jsonl"))
+    rows = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert {row["id"]: row["max_pixels"] for row in rows} == {"job": 401408, "own": 802816}
+    refused = _cli(tmp_path, *args, "--max-pixels", "1000", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "max_pixels" in refused.stderr and "200704..3211264" in refused.stderr
+
+
 def test_run_generate_writes_png_files(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")

@@ -63,6 +63,7 @@ def test_rows_as_jsonl_and_parquet_also_while_the_job_runs(tmp_path: Path) -> No
         "seed",
         "max_new_tokens",
         "temperature",
+        "max_pixels",
         "model",
         "model_revision",
         "backend",
@@ -227,8 +228,8 @@ def test_csv_and_parquet_manifests_keep_their_format_and_columns(tmp_path: Path)
     client.export(again.id, str(tmp_path / "out2.csv"), "manifest")
     with open(tmp_path / "out2.csv", newline="") as handle:
         header = next(csv.reader(handle))
-    provenance = ["kind", "prompt", "seed", "max_new_tokens", "temperature", "model", "model_revision"]
-    provenance += ["backend", "version"]
+    provenance = ["kind", "prompt", "seed", "max_new_tokens", "temperature", "max_pixels", "model"]
+    provenance += ["model_revision", "backend", "version"]
     assert header == ["id", "image", "caption", "ovis_caption", *(f"ovis_{name}" for name in provenance)]
 
     table = pa.Table.from_pylist(

@@ -365,7 +365,7 @@ def test_a_parameter_of_another_kind_is_refused_naming_it_and_what_the_kind_take
     ) as error:
         list(iter_source(kind, str(manifest)))
     takes = {
-        JobKind.CAPTION: "max_new_tokens, seed",
+        JobKind.CAPTION: "max_new_tokens, max_pixels, seed",
         JobKind.EDIT: "image_format, img_cfg, quality, seed, steps, txt_cfg",
     }
     assert takes.get(kind, "height, image_format, quality, seed, steps, txt_cfg, width") in str(error.value)

@@ -7,8 +7,10 @@ records every call it receives in `model.calls`. Outputs are noise; what reaches
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from gpu_model.ovis_u1 import (
     OvisU1Backend,
 )
 from tests.fixtures.ovis_u1_standin.build import build_standin, isolated_modules_cache
+from tests.helpers import sample_photo
 
 RED = (200, 30, 30)
 
@@ -170,6 +173,37 @@ def test_sampled_captions_follow_their_seed(backend: OvisU1Backend) -> None:
     batch = backend.caption([other, greedy, request])
     assert batch[2] == alone
     assert batch[0] != alone
+
+
+def test_max_pixels_reaches_preprocess_inputs_and_a_large_photo_gets_fewer_visual_tokens(
+    standin_dir: Path, tmp_path: Path
+) -> None:
+    # The stand-in with the real model's image bounds (448x448 to 1792x1792 pixels) in place of its tiny ones.
+    model_dir = shutil.copytree(standin_dir, tmp_path / "Ovis-U1-real-bounds")
+    config = json.loads((model_dir / "config.json").read_text())
+    config |= {"image_min_pixels": 448 * 448, "image_max_pixels": 1792 * 1792}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    backend = _loaded(BackendOptions(model_path=str(model_dir), device="cpu"), tmp_path / "modules")
+    photo = sample_photo("astronaut.png", size=None).resize((1280, 960))
+    default = CaptionRequest(image=photo, prompt="What is it?", max_new_tokens=2)
+    capped = replace(default, max_pixels=448 * 448)
+    backend.model.calls.clear()
+    prepared = [backend.prepare(default), backend.prepare(capped)]
+    assert [c["max_pixels"] for c in _of(backend.model.calls, "preprocess_inputs")] == [None, 448 * 448]
+    tokens = []
+    for request in prepared:
+        assert isinstance(request, CaptionRequest) and request.prepared is not None
+        _, _, grid_thws = request.prepared  # type: ignore[misc]
+        t, h, w = grid_thws[0].tolist()
+        assert h * w * 14 * 14 <= (request.max_pixels or 1792 * 1792)
+        tokens.append(t * h * w // 4)
+    # 1280x960 is seen at 1288x952 (1,564 visual tokens) uncapped, at 504x364 (234) under 448x448 pixels.
+    assert tokens == [1564, 234]
+    # The capped caption runs through the model as well, with the cap on the ones prepared on the batch.
+    assert len(backend.caption([capped, capped])) == 2
+    assert [c["max_pixels"] for c in _of(backend.model.calls, "preprocess_inputs")][2:] == [448 * 448] * 2
+    with pytest.raises(InvalidRequest, match=r"max_pixels must be within 200704\.\.3211264, got 1000"):
+        backend.caption([replace(default, max_pixels=1000)])
 
 
 def test_generate_prompts_and_parameters_reach_the_model(backend: OvisU1Backend, calls: list[dict]) -> None:

@@ -99,6 +99,22 @@ def test_preprocess_inputs_returns_placeholders_patches_and_grid(raw_model: Any)
     assert prompt.endswith("x<|im_end|>\n")
 
 
+def test_preprocess_inputs_resizes_within_min_pixels_and_max_pixels(raw_model: Any) -> None:
+    def seen(image: Image.Image, **bounds: int) -> tuple[int, int]:
+        *_, grid_thws = raw_model.preprocess_inputs("<image>\nx", [image], **bounds)
+        _, h, w = grid_thws[0].tolist()
+        return h * 14, w * 14
+
+    photo = Image.new("RGB", (400, 300))
+    limit = raw_model.get_visual_tokenizer().image_processor.max_pixels
+    height, width = seen(photo)
+    assert height * width <= limit < 400 * 300  # the image processor's own bound
+    assert seen(photo, max_pixels=448 * 448) == (308, 392)  # a higher cap: the image at its own size, in 28s
+    height, width = seen(photo, max_pixels=2 * 28 * 28)
+    assert height * width <= 2 * 28 * 28  # a cap below the floor lowers the floor, as the real code does
+    assert seen(Image.new("RGB", (20, 20)), min_pixels=56 * 56 * 4) == (112, 112)
+
+
 def test_text_only_sample_fails(raw_model: Any) -> None:
     inputs = _inputs(raw_model, "What is it?", None)
     with pytest.raises(AttributeError):

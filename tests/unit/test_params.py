@@ -84,3 +84,23 @@ def test_outputs_are_png_unless_asked_and_quality_is_for_lossy_formats(
 def test_an_image_format_is_read_whatever_its_case_and_jpg_is_jpeg() -> None:
     assert validate_params(JobKind.EDIT, {"image_format": " JPG "}).model_dump()["image_format"] == "jpeg"
     assert validate_params(JobKind.GENERATE, {"image_format": "WebP"}).model_dump()["image_format"] == "webp"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [(200704, 200704), (3211264, 3211264), ("401408", 401408), (0, 0)]
+)
+def test_a_caption_pixel_cap_is_0_or_within_the_models_bounds(given: object, kept: int) -> None:
+    assert validate_params(JobKind.CAPTION, {"max_pixels": given}).model_dump()["max_pixels"] == kept
+    assert validate_params(JobKind.CAPTION, {}).model_dump()["max_pixels"] is None
+
+
+@pytest.mark.parametrize("given", [200703, 3211265, -1, 448, 10**12])
+def test_a_caption_pixel_cap_outside_the_models_bounds_is_refused_saying_what_is_allowed(given: int) -> None:
+    with pytest.raises(InvalidParameters) as refused:
+        validate_params(JobKind.CAPTION, {"max_pixels": given}, where="item 'a'")
+    assert str(refused.value) == (
+        "item 'a': max_pixels: Value error, must be 0 (the model's default) or within 200704..3211264 "
+        f"(448x448 to 1792x1792 pixels), got {given}"
+    )
+    with pytest.raises(InvalidParameters, match="max_pixels: Extra inputs are not permitted"):
+        validate_params(JobKind.GENERATE, {"max_pixels": 401408})

@@ -3,18 +3,23 @@ bytes, prompt, parameters, seed, model and output location (embedded mode: SQLit
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import select
 
+from gpu_model import CaptionRequest
 from jobs.db import session_scope
 from jobs.lifecycle import JobKind
 from jobs.models import Item
 from jobs.settings import Settings
 from tests.helpers import embedded_settings, write_photos
 from workers.embedded import EmbeddedRunner
+from workers.reuse import fingerprint
 
 
 def _run(
@@ -74,3 +79,41 @@ def test_another_model_reuses_nothing(tmp_path: Path) -> None:
     other = settings.model_copy(update={"model_revision": "0123abc"})
     report, _ = _run(other, JobKind.CAPTION, tmp_path / "in")
     assert report.skipped == 0
+
+
+def test_captions_under_another_pixel_cap_are_computed_again(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, chunk_size=2)
+    write_photos(tmp_path / "in", count=2)
+    _run(settings, JobKind.CAPTION, tmp_path / "in", skip=False)
+    capped, _ = _run(settings, JobKind.CAPTION, tmp_path / "in", max_pixels=401408)
+    assert capped.skipped == 0  # the model saw the images smaller: nothing made at its own bound is reused
+    same, _ = _run(settings, JobKind.CAPTION, tmp_path / "in", max_pixels=401408)
+    assert same.skipped == 2
+    other, _ = _run(settings, JobKind.CAPTION, tmp_path / "in", max_pixels=802816)
+    assert other.skipped == 0
+    unset, _ = _run(settings, JobKind.CAPTION, tmp_path / "in", max_pixels=0)
+    assert unset.skipped == 2  # 0 is the model's own bound, as in the first job
+
+
+def test_an_unset_pixel_cap_keeps_the_fingerprints_of_captions_made_before_it_existed() -> None:
+    request = CaptionRequest(image=Image.new("RGB", (4, 4)), prompt="What is it?", max_new_tokens=8, seed=3)
+    # What the fingerprint of this caption was before requests had max_pixels.
+    before = {
+        "kind": "caption",
+        "input": "d1",
+        "request": {"prompt": "What is it?", "max_new_tokens": 8, "temperature": 0.0, "seed": 3},
+        "model": "fake|m@|ovis-batch 1",
+        "output": "s3://b/out",
+        "encoding": [None, None],
+    }
+    text = json.dumps(before, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    where = {
+        "kind": "caption",
+        "input_digest": "d1",
+        "model": "fake|m@|ovis-batch 1",
+        "output_url": "s3://b/out",
+    }
+    assert fingerprint(request=request, **where) == hashlib.sha256(text.encode()).hexdigest()
+    capped = fingerprint(request=replace(request, max_pixels=401408), **where)
+    assert capped != fingerprint(request=request, **where)
+    assert capped != fingerprint(request=replace(request, max_pixels=802816), **where)

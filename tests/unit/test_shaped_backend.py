@@ -155,3 +155,12 @@ def test_pinned_staging_uploads_what_it_is_given_batch_after_batch() -> None:
         arrays = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(count)]
         batch = staging.upload(arrays, torch.device("cuda"))
         assert torch.equal(batch.cpu(), torch.from_numpy(np.stack(arrays)))
+
+
+def test_a_pixel_cap_leaves_the_fixed_vision_input_as_it_is(backend: ShapedBackend) -> None:
+    # The tower sees every image at its one side (448 at full size): the floor of any cap a request may set.
+    request = CaptionRequest(_photo(300, 200, 70), "What is in it?", max_new_tokens=6)
+    capped = CaptionRequest(request.image, request.prompt, request.max_new_tokens, max_pixels=448 * 448)
+    side = backend.parts.cfg.image_size
+    assert backend.prepare(capped).prepared.shape == (side, side, 3)  # type: ignore[union-attr]
+    assert backend.caption([capped]) == backend.caption([request])

@@ -10,10 +10,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
+from jobs.models import Job
 
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
@@ -108,3 +109,11 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def ended_jobs_where(database_url: str, condition: ColumnElement[bool], limit: int) -> list[str]:
+    """Ids of at most `limit` jobs meeting `condition`, those that ended first first: the work a pass of the
+    reconciler takes on (results files, notifications)."""
+    with session_scope(database_url) as session:
+        query = select(Job.id).where(condition).order_by(Job.finished_at).limit(limit)
+        return list(session.scalars(query))

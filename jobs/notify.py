@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, or_, update
 
-from jobs.db import session_scope
+from jobs.db import ended_jobs_where, session_scope
 from jobs.failures import errors_by_code
 from jobs.lifecycle import JobStatus
 from jobs.models import Job
@@ -202,15 +202,7 @@ def deliver_notification(settings: Settings, job_id: str) -> NotifyState | None:
 def deliver_notifications(settings: Settings, limit: int = NOTIFICATIONS_PER_PASS) -> list[str]:
     """Make the due attempts of pending notifications (at most `limit`); return the ids of the jobs whose
     notification was delivered now."""
-    with session_scope(settings.resolved_database_url) as session:
-        due = list(
-            session.scalars(
-                select(Job.id)
-                .where(_due(now(), settings.lease_seconds))
-                .order_by(Job.finished_at)
-                .limit(limit)
-            )
-        )
+    due = ended_jobs_where(settings.resolved_database_url, _due(now(), settings.lease_seconds), limit)
     return [job_id for job_id in due if deliver_notification(settings, job_id) is NotifyState.DELIVERED]
 
 

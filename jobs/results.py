@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
-from jobs.db import session_scope
+from jobs.db import ended_jobs_where, session_scope
 from jobs.export import write_results
 from jobs.lifecycle import JobStatus
 from jobs.models import Job
@@ -134,15 +134,7 @@ def deliver_results(settings: Settings, job_id: str) -> str | None:
 def retry_exports(settings: Settings, limit: int = EXPORTS_PER_PASS) -> list[str]:
     """Write the results files of final jobs that are missing and due again; return the ids of the jobs whose
     file was written now."""
-    with session_scope(settings.resolved_database_url) as session:
-        due = list(
-            session.scalars(
-                select(Job.id)
-                .where(_due(now(), settings.lease_seconds))
-                .order_by(Job.finished_at)
-                .limit(limit)
-            )
-        )
+    due = ended_jobs_where(settings.resolved_database_url, _due(now(), settings.lease_seconds), limit)
     written = []
     for job_id in due:
         if deliver_results(settings, job_id) is not None:

@@ -313,13 +313,15 @@ class Client:
         *,
         statuses: Sequence[str] = (),
         column: str | None = None,
+        presign: int | None = None,
     ) -> int:
         """Export the job (also while it runs) to a path or storage URL; return how many items were written.
 
         Formats: jsonl, parquet, txt (a caption file beside each image; `out` None) and manifest (the input
-        manifest with the output as a column)."""
+        manifest with the output as a column). `presign` adds a link to each output in S3, valid that many
+        seconds (`output_https`)."""
         self.status(job_id)
-        options = ExportOptions(fmt=fmt, statuses=tuple(statuses), column=column)
+        options = ExportOptions(fmt=fmt, statuses=tuple(statuses), column=column, presign=presign)
         return export_job(self.settings, job_id, out, options)
 
     def resume(self, job_id: str, *, release_running: bool = False) -> int:

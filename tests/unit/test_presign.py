@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.api import Client
 from jobs.errors import InvalidParameters
 from jobs.export import ExportOptions, write_export
 from jobs.lifecycle import JobKind
@@ -33,6 +34,10 @@ def test_local_outputs_get_an_empty_link_column(tmp_path: Path) -> None:
     write_export(settings, report.id, str(out), ExportOptions("jsonl", presign=3600))
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["output_https"] is None and Path(row["output"]).is_file()
+    # The Python API offers the same option.
+    by_api = tmp_path / "api.jsonl"
+    assert Client(settings).export(report.id, str(by_api), "jsonl", presign=3600) == 1
+    assert json.loads(by_api.read_text())["output_https"] is None
 
 
 @pytest.mark.parametrize(

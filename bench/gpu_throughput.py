@@ -222,7 +222,7 @@ def _free(backend: Any, *, compiled: bool = True) -> None:
 
 def _caption_requests(plan: Plan, count: int, offset: int = 0) -> list[Any]:
     from gpu_model.requests import CaptionRequest
-    from gpu_model.shaped import CAPTION_PROMPT
+    from gpu_model.shaped_defaults import CAPTION_PROMPT
 
     side = plan.caption_side
     return [
@@ -434,7 +434,7 @@ def _logit_drift(backend: Any, batch: list[Any]) -> dict[str, float]:
     the gap between its two best logits: a flip needs a drift at least that large."""
     import torch
 
-    from gpu_model.shaped import CAPTION_PROMPT
+    from gpu_model.shaped_defaults import CAPTION_PROMPT
 
     def logits(requests: list[Any]) -> torch.Tensor:
         with torch.inference_mode():
@@ -470,8 +470,8 @@ def profile(backend: Any, plan: Plan, batch: list[Any]) -> dict[str, Any]:
     from PIL import Image
 
     from gpu_model.fast_dit import sdpa_backend
-    from gpu_model.shaped import GENERATE_PREFIX
     from gpu_model.shaped_compute import dit_pass_flops
+    from gpu_model.shaped_defaults import GENERATE_PREFIX
     from gpu_model.shaped_sampling import image_ids, noise
 
     out: dict[str, Any] = {}

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
 from celery import Celery  # noqa: E402
+
+from bench.gpu_system import stop_worker  # noqa: E402
 
 NAIVE_TABLE = "naive_captions"
 #: Both pipelines are timed from submission to the time their last result was written (read from the
@@ -194,7 +195,7 @@ def start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess.
     try:
         wait_ready(process, log)
     except BaseException:
-        stop(process)
+        stop_worker(process)
         raise
     return process
 
@@ -221,17 +222,6 @@ def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
             continue
         total += times.user + times.system
     return total
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a worker and its pool children."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 def main() -> None:
@@ -384,7 +374,7 @@ def main() -> None:
             assert finished_at is not None
             wall_s = finished_at.timestamp() - started_epoch
             worker_cpu = cpu_seconds(worker) - cpu_before
-            stop(worker)
+            stop_worker(worker)
             chunks = chunk_times(log.read_text(errors="replace"))
             if succeeded != args.items:
                 tail = log.read_text()[-3000:]
@@ -438,7 +428,7 @@ def main() -> None:
                 baseline = args.items / (float(done[1]) - started_epoch)
                 baseline_cpu = cpu_seconds(naive) - naive_cpu_before
                 sender.close()
-                stop(naive)
+                stop_worker(naive)
 
             result = {
                 "items": args.items,
@@ -467,7 +457,7 @@ def main() -> None:
             }
         finally:
             for process in processes:
-                stop(process)
+                stop_worker(process)
             for key in broker.scan_iter(f"*{tag}*"):
                 broker.delete(key)
             dispose_engines()

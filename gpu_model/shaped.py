@@ -41,7 +41,6 @@ from gpu_model.ovis_u1_pipeline import device_work
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest, Request
 from gpu_model.shaped_defaults import (
     BLANK,
-    CAPTION_PROMPT,  # noqa: F401 - the benchmarks read the prompts from here
     DEFAULTS,
     GENERATE_PREFIX,
     GENERIC_PROMPT,

@@ -1,6 +1,7 @@
 # ovis-batch: development, CI and the quick start. GNU make.
 #   make venv      .venv with the project, the model stack (CPU torch) and the dev tools
-#   make services  Redis and PostgreSQL answering on 127.0.0.1 (installs and starts them if needed)
+#   make services  Redis and PostgreSQL answering on 127.0.0.1, Chromium for the browser tests (installs and
+#                  starts them if needed)
 #   make test      lint + types + the whole test suite against the real services (what .ci/run does)
 #   make test-gpu  the CUDA tests alone, on a machine with a GPU
 #   make demo      the quick start: caption, edit and generate on the tiny model, no servers needed
@@ -48,7 +49,7 @@ $(STAMP): pyproject.toml
 	$(PIP_INSTALL) $(INSTALL_PINS) -e ".[dev]"
 	@touch $@
 
-services: venv ## make sure Redis and PostgreSQL answer (installs and starts them if needed)
+services: venv ## make sure Redis and PostgreSQL answer and Chromium is there (installs them if needed)
 	bash .ci/services.sh
 
 lint: venv ## ruff lint and format check

@@ -4,6 +4,7 @@
 #               same package)
 #   PostgreSQL  127.0.0.1:5432, user postgres with trust auth over TCP, database `test` (each test run
 #               creates databases of its own on this server, and drops them)
+#   Chromium    /usr/bin/chromium, the headless browser the jobs page's tests drive through Playwright
 # Idempotent: a server that answers is left alone; a missing one is installed from Debian's packages and
 # started. The S3 server (moto_server) is started by the tests themselves; this only checks it is installed.
 set -euo pipefail
@@ -170,6 +171,20 @@ ensure_moto() {
     echo "s3:         .venv/bin/moto_server installed (the tests start it)"
 }
 
+# --- Chromium ------------------------------------------------------------------------------------------------
+# Debian's package, launched by Playwright through executable_path: no browser is ever downloaded.
+readonly CHROMIUM=/usr/bin/chromium
+
+ensure_chromium() {
+    if [ ! -x "$CHROMIUM" ]; then
+        echo "services: installing chromium"
+        apt_install chromium
+    fi
+    [ -x "$CHROMIUM" ] || die "the chromium package did not install $CHROMIUM"
+    echo "chromium:   $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
+}
+
 ensure_redis
 ensure_postgres
 ensure_moto
+ensure_chromium

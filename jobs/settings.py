@@ -118,7 +118,18 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_basic_auth: SecretStr | None = None
 
-    @field_validator("input_roots", "queues", mode="before")
+    # HTTP API (`ovis-batch serve`, jobs/http).
+    #: Bearer tokens the API accepts, each `name:scopes:sha256hex` with scopes `read` or `submit` (which
+    #: implies read) joined by `+`; comma-separated or a JSON list. Only the SHA-256 of a token is kept:
+    #: `ovis-batch token new` makes a token and its entry. Empty: the API is open and serves loopback only.
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Where `ovis-batch serve` listens unless its options say otherwise.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    #: Most items one `POST /v1/jobs` may carry inline; a larger job names a source (a manifest) instead.
+    api_max_inline_items: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @field_validator("input_roots", "queues", "api_tokens", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

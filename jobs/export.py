@@ -53,9 +53,13 @@ def iter_rows(
     statuses: Sequence[str] = (),
     order_by_seq: bool = True,
     extra: ExtraColumns | None = None,
+    *,
+    after_seq: int | None = None,
+    through_seq: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The job's items in source order, as export rows with the `extra` columns (default: the provenance of
-    the job's kind), streamed from the database."""
+    the job's kind), streamed from the database; only those with `after_seq < seq <= through_seq` where
+    given, so that a page of rows is a range of the (job_id, seq) key rather than an offset to skip."""
     extra = extra or ExtraColumns(load_job(settings, job_id).kind)
     items = Item.__table__.c
     query = select(
@@ -72,6 +76,10 @@ def iter_rows(
     ).where(items.job_id == job_id)
     if statuses:
         query = query.where(items.status.in_(list(statuses)))
+    if after_seq is not None:
+        query = query.where(items.seq > after_seq)
+    if through_seq is not None:
+        query = query.where(items.seq <= through_seq)
     if order_by_seq:
         query = query.order_by(items.seq)
     with session_scope(settings.resolved_database_url) as session:

@@ -23,6 +23,7 @@ from jobs.api import Client, JobReport
 from jobs.errors import InvalidExport
 from jobs.export import ExportOptions, ExportReport, write_export
 from jobs.export_destination import format_of
+from jobs.http.commands import serve, token_app
 from jobs.lifecycle import JobKind
 from jobs.settings import Settings, get_settings
 from jobs.terminal import console, err, guard
@@ -37,6 +38,9 @@ submit_app = typer.Typer(help="Submit a job to the workers.", no_args_is_help=Tr
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 app.add_typer(db_app, name="db")
+# The HTTP API and the jobs page (jobs/http), and its tokens.
+app.command()(serve)
+app.add_typer(token_app, name="token")
 
 #: `--out -`: the export goes to stdout.
 STDOUT = "-"

@@ -151,10 +151,12 @@ class Client:
         skip_existing: bool = False,
         columns: Columns | None = None,
         notify_url: str | None = None,
+        job_id: str | None = None,
     ) -> str:
         """Submit every item of `source` (folder, S3 prefix, prompt file, manifest or tar shards); return
-        the job id. `skip_existing` keeps outputs earlier jobs made for the same ids, not recomputing them.
-        `notify_url` (default: OVIS_BATCH_NOTIFY_URL) gets a signed POST when the job ends (jobs.notify)."""
+        the job id (`job_id` if given, else a new one). `skip_existing` keeps outputs earlier jobs made for
+        the same ids, not recomputing them. `notify_url` (default: OVIS_BATCH_NOTIFY_URL) gets a signed POST
+        when the job ends (jobs.notify)."""
         self._notify_url(notify_url)  # refused before the source is read
         items = iter_source(kind, source, self.settings.s3_options(), columns)
         return self.submit_items(
@@ -167,6 +169,7 @@ class Client:
             skip_existing=skip_existing,
             source_options=asdict(columns) if columns else None,
             notify_url=notify_url,
+            job_id=job_id,
         )
 
     def submit_items(
@@ -181,8 +184,9 @@ class Client:
         skip_existing: bool = False,
         source_options: dict[str, Any] | None = None,
         notify_url: str | None = None,
+        job_id: str | None = None,
     ) -> str:
-        """Submit items given directly; return the job id."""
+        """Submit items given directly; return the job id (`job_id` if given, else a new one)."""
         return submit_job(
             self.settings,
             kind=kind,
@@ -195,6 +199,7 @@ class Client:
             skip_existing=skip_existing,
             source_options=source_options,
             notify_url=self._notify_url(notify_url),
+            job_id=job_id,
         )
 
     def _notify_url(self, given: str | None) -> str | None:

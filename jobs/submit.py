@@ -62,26 +62,44 @@ class ItemChecker:
 
     def __call__(self, spec: ItemSpec) -> ItemSpec:
         """The item with its text stripped and parameters validated; errors name the item."""
+        self.check_id(spec)
+        self.check_input(spec)
+        self.check_text(spec)
+        self.check_params(spec)
+        return spec
+
+    # The steps one at a time, in this order: the HTTP API runs them so to name the field an error is in.
+    def check_id(self, spec: ItemSpec) -> None:
+        """The item id: 1-512 characters that can be stored, and a valid file name for image outputs."""
         if not spec.key or len(spec.key) > 512:
             raise InvalidParameters(f"item id {spec.key[:60]!r} must have 1 to 512 characters")
         check_chars(spec.key, f"item id {spec.key[:60]!r}")
         if self.makes_images:
             check_output_name(spec.key)
-        if self.needs_image:
-            if not spec.source:
-                raise InvalidParameters(f"item {spec.key!r}: no input image")
-            check_chars(spec.source, f"item {spec.key!r}: input")
-            if not self.roots.allows(spec.source):
-                raise InputNotAllowed(
-                    f"item {spec.key!r}: {spec.source} is outside the allowed input roots "
-                    f"({', '.join(self.roots.roots)}); set OVIS_BATCH_INPUT_ROOTS to allow it"
-                )
+
+    def check_input(self, spec: ItemSpec) -> None:
+        """The input image, for the kinds that read one: present and inside the allowed input roots."""
+        if not self.needs_image:
+            return
+        if not spec.source:
+            raise InvalidParameters(f"item {spec.key!r}: no input image")
+        check_chars(spec.source, f"item {spec.key!r}: input")
+        if not self.roots.allows(spec.source):
+            raise InputNotAllowed(
+                f"item {spec.key!r}: {spec.source} is outside the allowed input roots "
+                f"({', '.join(self.roots.roots)}); set OVIS_BATCH_INPUT_ROOTS to allow it"
+            )
+
+    def check_text(self, spec: ItemSpec) -> None:
+        """The prompt or instruction, stripped: required for the kinds that need one, within the limit."""
         if spec.text or self.needs_text:
             what, required = f"item {spec.key!r}: prompt", self.needs_text
             spec.text = validate_text(spec.text, max_chars=self.max_chars, what=what, required=required)
+
+    def check_params(self, spec: ItemSpec) -> None:
+        """The per-item parameters: those the kind takes per item, within their ranges."""
         if spec.params:
             spec.params = self._params(spec)
-        return spec
 
     def _params(self, spec: ItemSpec) -> dict[str, Any] | None:
         assert spec.params is not None
@@ -171,8 +189,10 @@ def submit_job(
     skip_existing: bool = False,
     source_options: dict[str, Any] | None = None,
     notify_url: str | None = None,
+    job_id: str | None = None,
 ) -> str:
-    """Create a job from a stream of items and dispatch its chunks; return the job id.
+    """Create a job from a stream of items and dispatch its chunks; return the job id (`job_id` if given,
+    one `new_job_id` made: the HTTP API records it with the request's Idempotency-Key first).
 
     Chunks are dispatched only once every item has been read and checked: an invalid item stops the
     submission, the job and its items are deleted, and the error names the item.
@@ -191,7 +211,7 @@ def submit_job(
         )
     if not 0 <= priority <= 9:
         raise InvalidParameters(f"priority must be between 0 (lowest) and 9 (got {priority})")
-    job_id = new_job_id()
+    job_id = job_id or new_job_id()
     output_url = output_location(output_url or settings.resolved_storage_url, settings)
     writer = _BatchWriter(settings, job_id=job_id, kind=kind, priority=priority, dispatcher=dispatcher)
     with session_scope(url) as session:

@@ -337,7 +337,7 @@ def model_fast(plan: Plan, results: dict[str, Any], keep: dict[str, Any]) -> Non
         "first_token_logits": _logit_drift(backend, requests[:best]),
     }
     if backend._decoder is not None:  # image peaks without the caption caches (a worker keeps both)
-        backend._decoder._slots.clear()
+        backend._decoder.release()
         _free(None, compiled=False)
     for task, make in (("generate", _generate_request), ("edit", _edit_request)):
         method = backend.generate if task == "generate" else backend.edit

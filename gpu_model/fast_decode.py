@@ -7,6 +7,11 @@ limits, state advance) is captured once as a CUDA graph and replayed, with no ho
 check every `check_every` steps for an early stop. On the CPU the same step runs eagerly, which is what the
 unit tests compare against `generate`.
 
+Rows that end early do not hold the batch: at each check, once the rows still running fit a batch half the
+size or less, they are moved to the front of the cache and decoding goes on at that smaller batch (its own
+graph), so a decode step's cost (it reads every row's whole KV cache) follows the rows still running, not the
+longest caption. Every shape shares one KV arena, sized by the largest batch and length seen.
+
 Works on any causal LM whose forward takes `inputs_embeds`, `attention_mask`, `position_ids`,
 `cache_position` and a `StaticCache` (Llama, Qwen2/3 and their relatives in transformers 4.4x/4.5x). Decode
 steps attend with a grouped-query kernel that reads each KV head once (fused SDPA or two batched matrix
@@ -35,8 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Prefix of the names under which the decode attentions are registered with transformers.
 ATTENTION_NAME = "ovis_fast_decode"
-#: Cache lengths are rounded up to this many positions, so nearby prompt lengths share a cache and graph.
-LENGTH_BUCKET = 64
+#: Cache lengths are rounded up to this many positions, so nearby prompt lengths share a graph.
+LENGTH_BUCKET = 128
 #: Most end-of-sequence ids a call may name (the graph reads them from a fixed buffer).
 MAX_EOS_IDS = 8
 #: Graph replays timed per decode-attention variant when the decoder picks one ("auto").
@@ -173,7 +178,8 @@ def _decode_attention_enabled(model: torch.nn.Module, variant: str) -> Iterator[
 
 @dataclass
 class _Slot:
-    """Static buffers of one (batch, cache length) shape; the captured graph reads and advances them."""
+    """Static buffers of one (batch, cache length) shape over the shared KV arena; the captured graph reads
+    and advances them."""
 
     batch: int
     length: int
@@ -198,6 +204,41 @@ class _Slot:
         return [self.ids, self.positions, self.cache_position, self.step, self.finished, self.tokens]
 
 
+class _Arena:
+    """The KV cache storage all shapes share: per layer, keys and values [rows, kv heads, length, head dim].
+
+    A shape's cache is a view of its first rows and positions, so a smaller batch (rows that ended dropped)
+    needs no memory of its own and moving rows between shapes is a copy within one buffer."""
+
+    def __init__(self, config: Any, rows: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.config, self.rows, self.length, self.dtype = config, rows, length, dtype
+        heads = config.num_key_value_heads or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (rows, heads, length, head_dim)
+        layers = config.num_hidden_layers
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+
+    def fits(self, rows: int, length: int) -> bool:
+        return rows <= self.rows and length <= self.length
+
+    def cache(self, rows: int, length: int) -> Any:
+        """A StaticCache whose tensors are views of this arena (it allocates nothing itself)."""
+        from transformers.cache_utils import StaticCache
+
+        cache = StaticCache(
+            config=self.config, max_batch_size=rows, max_cache_len=length, device="meta", dtype=self.dtype
+        )
+        cache.key_cache = [k[:rows, :, :length] for k in self.keys]
+        cache.value_cache = [v[:rows, :, :length] for v in self.values]
+        return cache
+
+    def gather(self, rows: torch.Tensor, length: int) -> None:
+        """Move the given rows (in order) to the front of every layer's keys and values, up to `length`."""
+        for tensor in (*self.keys, *self.values):
+            tensor[: len(rows), :, :length].copy_(tensor[rows, :, :length])
+
+
 class GreedyDecoder:
     """Greedy decoding of left-padded prompt embeddings with per-row token limits and EOS.
 
@@ -213,8 +254,9 @@ class GreedyDecoder:
         max_batch: int = 256,
         use_cuda_graph: bool | None = None,
         check_every: int = 32,
-        max_shapes: int = 2,
+        max_shapes: int = 12,
         attention: str = "auto",
+        compact: bool = True,
     ) -> None:
         self.model = model
         parameter = next(model.parameters())
@@ -224,6 +266,11 @@ class GreedyDecoder:
         self.check_every = max(1, check_every)
         self.max_shapes = max(1, max_shapes)
         self._slots: OrderedDict[tuple[int, int], _Slot] = OrderedDict()
+        self._arena: _Arena | None = None
+        #: Move the rows still running to a smaller batch once those that ended leave half of it or more.
+        self.compact = compact
+        #: How many times rows were moved to a smaller batch (for benchmarks and tests).
+        self.compactions = 0
         if attention != "auto" and attention not in VARIANTS:
             raise ValueError(f"attention must be 'auto' or one of {sorted(VARIANTS)}, got {attention!r}")
         #: Decode attention: "auto" times each variant's graph at capture and keeps the faster one.
@@ -266,46 +313,97 @@ class GreedyDecoder:
         )
         if len(eos) > MAX_EOS_IDS:
             raise ValueError(f"at most {MAX_EOS_IDS} end-of-sequence ids are supported, got {len(eos)}")
-        slot = self._slot(batch, prompt_len + new_tokens)
+        slot = self._slot(self._rows(batch), prompt_len + new_tokens)
         default = "sdpa" if self.attention == "auto" else self.attention
         with _decode_attention_enabled(self.model, slot.variant or default):
             self._prefill(slot, inputs_embeds, attention_mask, limits, list(eos), pad_token_id)
-        if slot.graph is None and self.use_cuda_graph and new_tokens > 1:
-            try:
-                slot.graph, slot.variant = self._capture_fastest(slot)
-            except RuntimeError as exc:  # an op that cannot be captured: stay correct, run eagerly
-                self.use_cuda_graph = False
-                self.capture_error = f"{type(exc).__name__}: {exc}"
-                log.warning("CUDA graph capture failed, decoding eagerly: %s", self.capture_error)
-        with _decode_attention_enabled(self.model, slot.variant or default):
-            for done in range(1, new_tokens):
+        if new_tokens > 1:
+            self._ensure_graph(slot, None)
+        out = torch.full((batch, new_tokens), pad_token_id, dtype=torch.long, device=self.device)
+        #: The caller's row of each running slot row.
+        order = list(range(batch))
+        for done in range(1, new_tokens):
+            with _decode_attention_enabled(self.model, slot.variant or default):
                 if slot.graph is not None:
                     slot.graph.replay()
                 else:
                     self._step(slot)
-                if done % self.check_every == 0 and bool(slot.finished[:batch].all()):
-                    break
-        return slot.tokens[:batch, :new_tokens].to("cpu", copy=True)
+            if done % self.check_every:
+                continue
+            running = (~slot.finished[: len(order)]).nonzero().flatten().tolist()
+            if not running:
+                break
+            left = max(limits[order[k]] for k in running) - done
+            if self.compact and self._rows(len(running)) < slot.batch and left > self.check_every:
+                slot = self._compacted(slot, running, order, out, new_tokens)
+                order = [order[k] for k in running]
+        out[order] = slot.tokens[: len(order), :new_tokens]
+        return out.to("cpu")
+
+    def release(self) -> None:
+        """Free the KV arena and every captured graph (the next call allocates again)."""
+        self._slots.clear()
+        self._arena = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _ensure_graph(self, slot: _Slot, variant: str | None) -> None:
+        """Capture the slot's decode step once (the fastest attention, or `variant` when given)."""
+        if slot.graph is not None or not self.use_cuda_graph:
+            return
+        try:
+            slot.graph, slot.variant = self._capture_fastest(slot, variant)
+        except RuntimeError as exc:  # an op that cannot be captured: stay correct, run eagerly
+            self.use_cuda_graph = False
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            log.warning("CUDA graph capture failed, decoding eagerly: %s", self.capture_error)
+
+    def _compacted(
+        self, slot: _Slot, running: list[int], order: list[int], out: torch.Tensor, new_tokens: int
+    ) -> _Slot:
+        """The rows still running, moved to the front of a smaller batch; the others' tokens go to `out`."""
+        ended = sorted(set(range(len(order))) - set(running))
+        out[[order[k] for k in ended]] = slot.tokens[ended, :new_tokens]
+        smaller = self._slot(self._rows(len(running)), slot.length)
+        # Padding rows repeat the first running row, as at prefill.
+        rows = torch.tensor(running + running[:1] * (smaller.batch - len(running)), device=self.device)
+        assert self._arena is not None
+        self._arena.gather(rows, slot.length)
+        for name in ("mask", "ids", "positions", "limits", "finished", "tokens"):
+            getattr(smaller, name).copy_(getattr(slot, name)[rows])
+        for name in ("cache_position", "step", "eos", "pad"):
+            getattr(smaller, name).copy_(getattr(slot, name))
+        self._ensure_graph(smaller, slot.variant)
+        self.compactions += 1
+        return smaller
 
     # -- shapes -------------------------------------------------------------------------------------------
-    def _slot(self, batch: int, needed: int) -> _Slot:
-        rows = min(self.max_batch, 1 << (batch - 1).bit_length())
+    def _rows(self, batch: int) -> int:
+        """Slot rows for a batch: the next power of two, so that few shapes (and graphs) occur."""
+        return min(self.max_batch, 1 << (batch - 1).bit_length())
+
+    def _slot(self, rows: int, needed: int) -> _Slot:
         length = -(-needed // LENGTH_BUCKET) * LENGTH_BUCKET
         key = (rows, length)
         slot = self._slots.get(key)
         if slot is not None:
             self._slots.move_to_end(key)
             return slot
+        if self._arena is None or not self._arena.fits(rows, length):
+            grown = (
+                (rows, length)
+                if self._arena is None
+                else (
+                    max(rows, self._arena.rows),
+                    max(length, self._arena.length),
+                )
+            )
+            self.release()  # graphs of the old arena's views go with it, before the new one is allocated
+            self._arena = _Arena(self.model.config, *grown, self.device, self.dtype)
+            log.info("decode cache: batch %d, length %d", *grown)
         while len(self._slots) >= self.max_shapes:
             self._slots.popitem(last=False)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        from transformers.cache_utils import StaticCache
-
-        config: Any = self.model.config
-        cache = StaticCache(
-            config=config, max_batch_size=rows, max_cache_len=length, device=self.device, dtype=self.dtype
-        )
+        cache = self._arena.cache(rows, length)
 
         def longs(*shape: int) -> torch.Tensor:
             return torch.zeros(shape, dtype=torch.long, device=self.device)
@@ -392,9 +490,13 @@ class GreedyDecoder:
         slot.cache_position.add_(1)
         slot.step.add_(1)
 
-    def _capture_fastest(self, slot: _Slot) -> tuple[Any, str]:
-        """Capture the step with each candidate attention; keep the graph whose replays are fastest."""
-        candidates = list(VARIANTS) if self.attention == "auto" else [self.attention]
+    def _capture_fastest(self, slot: _Slot, variant: str | None = None) -> tuple[Any, str]:
+        """Capture the step with each candidate attention (only `variant` when given: a smaller batch keeps
+        the attention its rows were decoded with); keep the graph whose replays are fastest."""
+        if variant is not None:
+            candidates = [variant]
+        else:
+            candidates = list(VARIANTS) if self.attention == "auto" else [self.attention]
         best: tuple[float, Any, str] | None = None
         timings: dict[str, float] = {}
         for variant in candidates:

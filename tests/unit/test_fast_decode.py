@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 
@@ -31,6 +33,13 @@ def model() -> Qwen3ForCausalLM:
         attn_implementation="sdpa",
     )
     return Qwen3ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def compacting(model: Qwen3ForCausalLM) -> GreedyDecoder:
+    """One compacting decoder for every example of the property test: its arena and shapes are reused across
+    calls, as a worker's are."""
+    return GreedyDecoder(model, max_batch=16)
 
 
 def _prompts(
@@ -144,3 +153,51 @@ def test_cuda_graph_path_equals_the_eager_path(model: Qwen3ForCausalLM) -> None:
     graphed.generate(embeds[:1].cuda(), mask[:1].cuda(), 40, eos_token_id=None, pad_token_id=PAD)
     assert graphed.generate(*args, eos_token_id=None, pad_token_id=PAD).tolist() == expected.tolist()
     assert graphed.capture_error is None
+
+
+def test_rows_that_end_early_move_to_a_smaller_batch_and_keep_their_tokens(model: Qwen3ForCausalLM) -> None:
+    lengths = [7, 12, 3, 9, 5, 11, 4, 8]
+    limits = [3, 30, 5, 26, 2, 9, 4, 6]
+    embeds, mask, rows = _prompts(model, lengths)
+    decoder = GreedyDecoder(model, max_batch=8, check_every=2)
+    out = decoder.generate(embeds, mask, limits, eos_token_id=None, pad_token_id=PAD)
+    assert decoder.compactions >= 2  # 8 rows -> 4 (or fewer) -> 2
+    assert out.shape == (8, 30)
+    for k, row in enumerate(rows):
+        assert out[k, : limits[k]].tolist() == _reference(model, row, limits[k], None)
+        assert out[k, limits[k] :].eq(PAD).all()
+
+
+def test_rows_that_end_at_eos_are_dropped_too(model: Qwen3ForCausalLM) -> None:
+    embeds, mask, rows = _prompts(model, [6, 9, 4, 7])
+    free_runs = [_reference(model, row, 24, None) for row in rows]
+    eos = free_runs[0][2]  # row 0 ends by step 2; the others when they meet it, or at 24
+    decoder = GreedyDecoder(model, max_batch=4, check_every=2)
+    out = decoder.generate(embeds, mask, 24, eos_token_id=eos, pad_token_id=PAD)
+    for k, row in enumerate(rows):
+        expected = _until_end(_reference(model, row, 24, eos), eos, 24)
+        assert out[k, : len(expected)].tolist() == expected
+        assert out[k, len(expected) :].eq(PAD).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=1, max_value=10), st.integers(min_value=1, max_value=20)),
+        min_size=1,
+        max_size=9,
+    ),
+    st.integers(min_value=1, max_value=4),
+)
+def test_dropping_ended_rows_never_changes_a_row(
+    model: Qwen3ForCausalLM, compacting: GreedyDecoder, shapes: list[tuple[int, int]], check_every: int
+) -> None:
+    """Whatever the prompt lengths, limits and check interval: the same tokens with and without compaction,
+    and the decoder (its shared cache) reused across calls."""
+    compacting.check_every = check_every
+    lengths, limits = [n for n, _ in shapes], [m for _, m in shapes]
+    embeds, mask, _ = _prompts(model, lengths)
+    plain = GreedyDecoder(model, max_batch=16, check_every=check_every, compact=False)
+    expected = plain.generate(embeds, mask, limits, eos_token_id=None, pad_token_id=PAD)
+    got = compacting.generate(embeds, mask, limits, eos_token_id=None, pad_token_id=PAD)
+    assert got.tolist() == expected.tolist()

@@ -175,3 +175,21 @@ class WorkerTotals(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     #: When the worker last recorded anything: workers gone for long are left out of the metrics.
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` of a submission to the HTTP API and the job it names, so that a POST sent again
+    (a timeout, a retrying client, another API process) never makes a second job (jobs/idempotency.py).
+
+    The job id is chosen and recorded here before the job exists: two requests with one key race for this
+    row, and the one that inserts it submits."""
+
+    __tablename__ = "idempotency_keys"
+
+    #: The name of the token that sent it ("" on an API without tokens): callers' keys never meet.
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: SHA-256 of the request as validated: the same key with another request is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -50,10 +50,11 @@ def create_app(settings: Settings, *, dispatcher: Dispatcher | None = None) -> F
     _add_error_handlers(app)
     app.get("/v1/whoami", tags=["auth"])(whoami)
 
-    from jobs.http import routes_read, routes_write
+    from jobs.http import page, routes_read, routes_write
 
     app.include_router(routes_write.router)
     app.include_router(routes_read.router)
+    app.include_router(page.router)
     return app
 
 

@@ -205,22 +205,31 @@ class _Slot:
 
 
 class _Arena:
-    """The KV cache storage all shapes share: per layer, keys and values [rows, kv heads, length, head dim].
+    """The KV cache storage all shapes share: per layer, one flat buffer for keys and one for values.
 
-    A shape's cache is a view of its first rows and positions, so a smaller batch (rows that ended dropped)
-    needs no memory of its own and moving rows between shapes is a copy within one buffer."""
+    A shape's cache is the buffer's prefix viewed as [rows, kv heads, length, head dim] (contiguous), so its
+    size is what its rows and length need, not the largest rows times the largest length seen; a smaller batch
+    of the same length is the first rows of the larger one, so dropping rows that ended is a copy within one
+    buffer."""
 
     def __init__(self, config: Any, rows: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.config, self.rows, self.length, self.dtype = config, rows, length, dtype
-        heads = config.num_key_value_heads or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = (rows, heads, length, head_dim)
+        self.config, self.dtype = config, dtype
+        self.heads = config.num_key_value_heads or config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.elements = self.need(rows, length)
         layers = config.num_hidden_layers
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.keys = [torch.zeros(self.elements, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(self.elements, dtype=dtype, device=device) for _ in range(layers)]
+
+    def need(self, rows: int, length: int) -> int:
+        """Elements per layer and tensor of a (rows, length) cache."""
+        return rows * self.heads * length * self.head_dim
 
     def fits(self, rows: int, length: int) -> bool:
-        return rows <= self.rows and length <= self.length
+        return self.need(rows, length) <= self.elements
+
+    def _view(self, flat: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+        return flat[: self.need(rows, length)].view(rows, self.heads, length, self.head_dim)
 
     def cache(self, rows: int, length: int) -> Any:
         """A StaticCache whose tensors are views of this arena (it allocates nothing itself)."""
@@ -229,14 +238,16 @@ class _Arena:
         cache = StaticCache(
             config=self.config, max_batch_size=rows, max_cache_len=length, device="meta", dtype=self.dtype
         )
-        cache.key_cache = [k[:rows, :, :length] for k in self.keys]
-        cache.value_cache = [v[:rows, :, :length] for v in self.values]
+        cache.key_cache = [self._view(k, rows, length) for k in self.keys]
+        cache.value_cache = [self._view(v, rows, length) for v in self.values]
         return cache
 
-    def gather(self, rows: torch.Tensor, length: int) -> None:
-        """Move the given rows (in order) to the front of every layer's keys and values, up to `length`."""
-        for tensor in (*self.keys, *self.values):
-            tensor[: len(rows), :, :length].copy_(tensor[rows, :, :length])
+    def gather(self, rows: torch.Tensor, batch: int, length: int) -> None:
+        """Move the given rows of a (batch, length) cache, in order, to the front: the first len(rows) rows
+        are then the cache of that smaller batch of the same length."""
+        for flat in (*self.keys, *self.values):
+            view = self._view(flat, batch, length)
+            view[: len(rows)].copy_(view[rows])
 
 
 class GreedyDecoder:
@@ -368,7 +379,7 @@ class GreedyDecoder:
         # Padding rows repeat the first running row, as at prefill.
         rows = torch.tensor(running + running[:1] * (smaller.batch - len(running)), device=self.device)
         assert self._arena is not None
-        self._arena.gather(rows, slot.length)
+        self._arena.gather(rows, slot.batch, slot.length)
         for name in ("mask", "ids", "positions", "limits", "finished", "tokens"):
             getattr(smaller, name).copy_(getattr(slot, name)[rows])
         for name in ("cache_position", "step", "eos", "pad"):
@@ -390,17 +401,9 @@ class GreedyDecoder:
             self._slots.move_to_end(key)
             return slot
         if self._arena is None or not self._arena.fits(rows, length):
-            grown = (
-                (rows, length)
-                if self._arena is None
-                else (
-                    max(rows, self._arena.rows),
-                    max(length, self._arena.length),
-                )
-            )
             self.release()  # graphs of the old arena's views go with it, before the new one is allocated
-            self._arena = _Arena(self.model.config, *grown, self.device, self.dtype)
-            log.info("decode cache: batch %d, length %d", *grown)
+            self._arena = _Arena(self.model.config, rows, length, self.device, self.dtype)
+            log.info("decode cache: %d positions (batch %d x length %d)", rows * length, rows, length)
         while len(self._slots) >= self.max_shapes:
             self._slots.popitem(last=False)
         cache = self._arena.cache(rows, length)

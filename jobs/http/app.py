@@ -9,7 +9,6 @@ traceback.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,10 +28,10 @@ from jobs.http.errors import ApiError, error_body
 from jobs.settings import Settings
 from jobs.version import package_version
 
-log = logging.getLogger(__name__)
-
 #: Seconds a client is asked to wait before trying again when a service is down.
 RETRY_AFTER_S = 5
+#: Error codes of the refusals the framework makes before a route runs.
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 #: Where in a request pydantic found an error: these first parts of its location name the request's part.
 _REQUEST_PARTS = ("body", "query", "path", "header")
 
@@ -97,6 +96,10 @@ def _storage_error(exc: storage.StorageError) -> JSONResponse:
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     issues = exc.errors()
     first = issues[0] if issues else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":  # its location is a character position, not a field
+        error = (first.get("ctx") or {}).get("error", "")
+        message = f"the body is not valid JSON: {error}".rstrip(": ")
+        return _answer(422, errors.InvalidParameters.error_code, message)
     loc = [str(part) for part in first.get("loc", ())]
     where = loc[1:] if loc and loc[0] in _REQUEST_PARTS else loc
     # An inline item's error names its index as the line, as a manifest's names its line.
@@ -154,7 +157,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         return _answer(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:

@@ -6,16 +6,123 @@ seconds keeps one thread busy while the server goes on answering every other req
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs import idempotency
 from jobs.api import Client
+from jobs.errors import BadInput
 from jobs.http.auth import Caller, require_submit
-from jobs.http.deps import client_of, job_id_of, job_status
+from jobs.http.deps import client_of, job_id_of, job_status, settings_of
+from jobs.http.errors import ApiError
+from jobs.http.submission import JobRequest, check_output, check_request, inline_items, source_refusal
+from jobs.idempotency import KeyState
+from jobs.settings import Settings
+from jobs.submit import new_job_id
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+#: An Idempotency-Key: 1 to 200 printable ASCII characters.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
+IdempotencyKeyHeader = Header(
+    None,
+    alias="Idempotency-Key",
+    description="1-200 printable characters. The same key with the same request (same token) answers the "
+    "job the first one made (200, Idempotent-Replayed: true) instead of making another; with another request "
+    "it is refused (422 idempotency_key_reused); while the first is still submitting, 409 "
+    "idempotency_in_progress.",
+)
+
+
+@router.post("/jobs", status_code=201)
+def submit(
+    response: Response,
+    request: JobRequest,
+    caller: Caller = Depends(require_submit),
+    idempotency_key: str | None = IdempotencyKeyHeader,
+    client: Client = Depends(client_of),
+    settings: Settings = Depends(settings_of),
+) -> dict[str, Any]:
+    """Submit a job from a source (`input`) or from items given inline (`items`); answers the job's status
+    (201, Location: /v1/jobs/{id}). Everything is checked as the CLI checks it before anything is queued: a
+    refusal is a 422 naming the field, and for an inline item its index as the line."""
+    check_request(request, settings)
+    items = inline_items(request, settings) if request.items is not None else None
+    if idempotency_key is None:
+        job_id = _submit(client, request, items, settings, new_job_id())
+    else:
+        job_id = _submit_once(client, request, items, settings, caller, idempotency_key, response)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return job_status(client, job_id)
+
+
+def _submit_once(
+    client: Client,
+    request: JobRequest,
+    items: list[Any] | None,
+    settings: Settings,
+    caller: Caller,
+    key: str,
+    response: Response,
+) -> str:
+    """Submit under an Idempotency-Key: only the first request with the key makes a job."""
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            422,
+            "invalid_parameters",
+            "Idempotency-Key must be 1 to 200 printable characters",
+            field="Idempotency-Key",
+        )
+    url, owner = settings.resolved_database_url, caller.name or ""
+    digest = idempotency.request_hash(request.model_dump(mode="json"))
+    claim = idempotency.claim(url, owner=owner, key=key, digest=digest, job_id=new_job_id())
+    if claim.state is KeyState.REUSED:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was sent with another request; use a new key for a new job",
+            field="Idempotency-Key",
+        )
+    if claim.state is KeyState.IN_PROGRESS:
+        raise ApiError(
+            409,
+            "idempotency_in_progress",
+            f"the first request with this Idempotency-Key is still submitting job {claim.job_id}; send it "
+            "again in a moment",
+            headers={"Retry-After": "1"},
+        )
+    if claim.state is KeyState.REPLAY:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return claim.job_id
+    try:
+        return _submit(client, request, items, settings, claim.job_id)
+    except BaseException:
+        idempotency.release(url, owner=owner, key=key, job_id=claim.job_id)
+        raise
+
+
+def _submit(
+    client: Client, request: JobRequest, items: list[Any] | None, settings: Settings, job_id: str
+) -> str:
+    options: dict[str, Any] = {
+        "params": request.params,
+        "priority": request.priority,
+        "output_url": check_output(request.output, settings) if request.output is not None else None,
+        "skip_existing": request.skip_existing,
+        "notify_url": request.notify_url,
+        "job_id": job_id,
+    }
+    if items is not None:
+        return client.submit_items(request.kind, items, source="(inline)", **options)
+    assert request.input is not None
+    try:
+        return client.submit(request.kind, request.input, **options)
+    except BadInput as exc:  # the job-wide fields were checked: what is left is in the source
+        raise source_refusal(exc) from None
 
 
 class RetryRequest(BaseModel):

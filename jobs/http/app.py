@@ -95,7 +95,7 @@ def _storage_error(exc: storage.StorageError) -> JSONResponse:
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     issues = exc.errors()
-    first = issues[0] if issues else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(issues[0]) if issues else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":  # its location is a character position, not a field
         error = (first.get("ctx") or {}).get("error", "")
         message = f"the body is not valid JSON: {error}".rstrip(": ")

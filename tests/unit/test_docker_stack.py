@@ -11,6 +11,7 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,18 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs.errors import InvalidParameters
+from jobs.http.auth import check_bind, parse_tokens
 from jobs.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "compose.yaml"
 
-SERVICES = ("redis", "postgres", "s3", "s3-init", "migrate", "worker", "flower")
+SERVICES = ("redis", "postgres", "s3", "s3-init", "migrate", "worker", "flower", "api")
 #: Started only with `--profile monitoring`.
 MONITORING = ("metrics", "prometheus", "grafana")
 #: Long-running services whose health others wait on or an operator watches.
-HEALTH_CHECKED = ("redis", "postgres", "s3", "worker", "flower", *MONITORING)
+HEALTH_CHECKED = ("redis", "postgres", "s3", "worker", "flower", "api", *MONITORING)
 #: Variables of third-party images and tools that a service may set besides the project's settings.
 STANDARD_VARIABLES = frozenset(
     {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES", "REDISCLI_AUTH"}
@@ -272,7 +275,7 @@ def test_every_image_is_pinned() -> None:
     assert not floating, f"images without a fixed tag or digest: {floating}"
 
 
-@pytest.mark.parametrize("name", ["s3-init", "migrate", "worker", "flower", "metrics"])
+@pytest.mark.parametrize("name", ["s3-init", "migrate", "worker", "flower", "api", "metrics"])
 def test_project_services_run_as_a_non_root_user(name: str) -> None:
     service = services()[name]
     build = build_of(service)
@@ -335,7 +338,7 @@ def test_flower_requires_basic_auth() -> None:
     assert ":" in auth, "basic auth is user:password"
 
 
-@pytest.mark.parametrize("name", ["s3-init", "migrate", "worker", "cli"])
+@pytest.mark.parametrize("name", ["s3-init", "migrate", "worker", "cli", "api"])
 def test_project_services_reach_postgres_redis_and_s3(name: str) -> None:
     env = environment(services()[name])
 
@@ -348,6 +351,64 @@ def test_project_services_reach_postgres_redis_and_s3(name: str) -> None:
 
 def test_flower_reaches_the_broker() -> None:
     assert environment(services()["flower"])["OVIS_BATCH_BROKER_URL"].startswith("redis://")
+
+
+# -- the HTTP API --------------------------------------------------------------------------------------------
+PYPROJECT = REPO / "pyproject.toml"
+
+
+def test_api_serves_on_every_interface_of_its_container_and_waits_like_the_worker() -> None:
+    api = services()["api"]
+    command = command_words(api.get("command"))
+
+    assert "entrypoint" not in api  # the image's: ovis-batch
+    assert command[0] == "serve"
+    assert option(command, "--host") == "0.0.0.0"
+    assert dependencies(api) == dependencies(services()["worker"])
+
+
+def test_api_needs_tokens_given_at_deploy_time() -> None:
+    # On 0.0.0.0 `serve` refuses to start without a token; the compose file passes the operator's entries
+    # through and holds none of its own (a hash committed here would be a token anyone could look up).
+    command = command_words(services()["api"].get("command"))
+    with pytest.raises(InvalidParameters, match="OVIS_BATCH_API_TOKENS"):
+        check_bind(str(option(command, "--host")), parse_tokens([]))
+
+    tokens = environment(services()["api"])["OVIS_BATCH_API_TOKENS"]
+    assert re.fullmatch(r"\$\{OVIS_BATCH_API_TOKENS(:?-)?\}", tokens), (
+        f"OVIS_BATCH_API_TOKENS should come from the environment or docker/.env, not {tokens!r}"
+    )
+
+
+def test_api_port_is_published_and_health_checked() -> None:
+    api = services()["api"]
+    port = option(command_words(api.get("command")), "--port")
+    [published] = api["ports"]
+    check = " ".join(api["healthcheck"]["test"])
+
+    assert str(published).rsplit(":", 1)[1] == port
+    assert f"http://127.0.0.1:{port}/v1/health" in check
+
+
+def test_api_health_check_asks_the_open_health_endpoint() -> None:
+    from jobs.http.openapi import DOCUMENT
+
+    health = json.loads(DOCUMENT.read_text(encoding="utf-8"))["paths"]["/v1/health"]["get"]
+
+    assert not health.get("security"), "/v1/health asks for a token: the health check would always fail"
+
+
+def test_api_image_installs_the_web_server() -> None:
+    dependencies = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["dependencies"]
+    names = {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower() for requirement in dependencies}
+    build = build_of(services()["api"])
+    assert build is not None, "the api service should be built from this repository"
+    runs = " ".join(read_dockerfile(build[1])[-1].args_of("RUN"))
+
+    assert {"fastapi", "uvicorn"} <= names
+    assert "['project']['dependencies']" in runs and "pip install ." in runs, (
+        f"{build[1].name} does not install the project's dependencies"
+    )
 
 
 # -- monitoring ----------------------------------------------------------------------------------------------

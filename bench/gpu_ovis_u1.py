@@ -312,7 +312,7 @@ def _caption_batches(backend: Any, batches: list[list[Any]], device: str) -> tup
 def model_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file: RunFile) -> None:
     """The backend in this process: load, warm up, then each task's items."""
     from gpu_model.base import BackendOptions
-    from gpu_model.ovis_u1 import DEFAULT_CAPTION_PROMPT, OvisU1Backend
+    from gpu_model.ovis_u1 import DEFAULT_CAPTION_PROMPT, MIN_CAPTION_MAX_PIXELS, OvisU1Backend
     from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
 
     max_batch = {"caption": plan.caption_batch} if plan.caption_batch else {}
@@ -358,8 +358,27 @@ def model_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file:
                 "peak_gpu_mem_gb": _peak_gb(device),
             },
         )
+        decoder = getattr(backend._pipeline, "decoder", None)
+        results["tasks"]["caption"]["model"]["decoder_compactions"] = getattr(decoder, "compactions", None)
         log(f"model caption: {results['tasks']['caption']['model']}")
         run_file.write(results)
+        if plan.left() > 60:
+            # The same photos with the model's own resize capped at 448x448 pixels (--max-pixels).
+            capped = [replace(r, max_pixels=MIN_CAPTION_MAX_PIXELS, prepared=None) for r in requests]
+            with ThreadPoolExecutor(16) as pool:
+                capped = list(pool.map(backend.prepare, capped))
+            seconds, splits = _caption_batches(
+                backend, [capped[k : k + size] for k in range(0, len(capped), size)], device
+            )
+            caption = results["tasks"]["caption"]
+            caption["model_items_per_s_max_pixels_448"] = round(len(capped) / sum(seconds), 3)
+            caption["model_max_pixels_448"] = {
+                "max_pixels": MIN_CAPTION_MAX_PIXELS,
+                "batch_s": [round(s, 2) for s in seconds],
+                "out_of_memory_splits": splits,
+            }
+            log(f"model caption at 448x448: {len(capped) / sum(seconds):.1f}/s")
+            run_file.write(results)
 
     size = {"width": plan.image_size[0], "height": plan.image_size[1]} if plan.image_size else {}
     defaults = info.defaults["generate"]

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     model_revision: str | None = None
     #: "auto", "cpu", "cuda" or "cuda:N".
     device: str = "auto"
+    #: Folder where a worker keeps what torch compiles (Inductor, Triton and CUDA caches, the model's remote
+    #: code module), so that a new worker process reuses an earlier one's work; unset: `home/compile-cache`,
+    #: empty: torch's own defaults. Caches the environment already names are left where they are.
+    compile_cache: str | None = None
     #: Largest micro-batch per kind; 0 keeps the backend's own limit.
     caption_batch: int = 0
     generate_batch: int = 0
@@ -153,6 +157,13 @@ class Settings(BaseSettings):
     def resolved_storage_url(self) -> str:
         """Where outputs are written."""
         return self.storage_url or str(self.home / "outputs")
+
+    @property
+    def resolved_compile_cache(self) -> Path | None:
+        """The compile cache folder; None when the setting is empty (torch's own defaults)."""
+        if self.compile_cache is None:
+            return self.home / "compile-cache"
+        return Path(self.compile_cache).expanduser() if self.compile_cache.strip() else None
 
     @property
     def embedded(self) -> bool:

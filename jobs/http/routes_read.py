@@ -66,6 +66,13 @@ def _states(values: Sequence[str], known: type[ItemStatus] | type[JobStatus], fi
     return states
 
 
+def _text(value: str, field: str) -> str:
+    """Text given to a query, refused when it holds a NUL: PostgreSQL keeps none in a string."""
+    if "\x00" in value:
+        raise ApiError(422, "invalid_parameters", f"{field} must not contain a NUL character", field=field)
+    return value
+
+
 @router.get("/health", tags=["health"])
 def health(settings: Settings = Depends(settings_of)) -> JSONResponse:
     """Whether the API and its database answer: 200 when both do, 503 when the database does not."""
@@ -101,7 +108,7 @@ def list_jobs(
         status=states or None,
         kind=kind.value if kind else None,
         since=created_since,
-        source=source,
+        source=None if source is None else _text(source, "source"),
         limit=limit,
     )
     jobs = [
@@ -132,7 +139,7 @@ def get_failures(
 ) -> dict[str, Any]:
     """The job's failed items in source order with their errors, a page at a time: `next` is the cursor of
     the following page, null on the last."""
-    codes = [part.strip() for value in code for part in value.split(",") if part.strip()]
+    codes = [_text(part.strip(), "code") for value in code for part in value.split(",") if part.strip()]
     found, following = failed_items(client.db, job_id, codes=codes, after=after, limit=limit)
     return {"items": [item.as_dict() for item in found], "next": following}
 
@@ -206,7 +213,7 @@ def get_output(
 ) -> Response:
     """An image item's output as stored (streamed, with its Content-Type), or `?thumb=N` a JPEG thumbnail.
     Caption jobs have no output files: their captions are in the results rows."""
-    url = outputs.output_url(client.settings, client.status(job_id), item_id)
+    url = outputs.output_url(client.settings, client.status(job_id), _text(item_id, "item_id"))
     stream = outputs.open_output(client.settings, url)
     cache = {"Cache-Control": f"private, max-age={OUTPUT_MAX_AGE_S}"}
     if thumb is not None:

@@ -65,6 +65,8 @@ class Site:
     url: str
     settings: Settings
     inputs: Path
+    #: The environment `ovis-batch` commands of the site run with.
+    env: dict[str, str]
     #: Finished by `ovis-batch run`: three edited images and two failures (invalid_image, input_missing).
     edit_job: str = ""
     #: Finished by `ovis-batch run`: three captions and one invalid_image failure.
@@ -194,6 +196,15 @@ def _serve(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes]
     raise AssertionError(f"ovis-batch serve did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 # -- fixtures ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def chromium() -> str:
@@ -256,17 +267,23 @@ def site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
 
     process, url = _serve(env, root / "serve.log")
     try:
-        served = Site(url=url, settings=Settings(**values), inputs=inputs)
+        served = Site(url=url, settings=Settings(**values), inputs=inputs, env=env)
         served.edit_job, served.caption_job = edit_job, caption_job
         served.running_job = served.running(total=10, succeeded=4, failed=1, running=2)
         yield served
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+@pytest.fixture(scope="module")
+def open_url(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of `ovis-batch serve` on the same jobs with no token configured: an open API."""
+    env = {name: value for name, value in site.env.items() if name != "OVIS_BATCH_API_TOKENS"}
+    process, url = _serve(env, tmp_path_factory.mktemp("open") / "serve.log")
+    try:
+        yield url
+    finally:
+        _stop(process)
 
 
 @dataclass
@@ -281,9 +298,10 @@ class Tab:
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
 
-    def open(self, path: str, token: str | None) -> None:
-        """Load `path`; paste `token` into the token form (a server with tokens asks for one first)."""
-        self.page.goto(self.site.url + path)
+    def open(self, path: str, token: str | None, *, server: str | None = None) -> None:
+        """Load `path` (of the site's server, or `server`); paste `token` into the token form (a server with
+        tokens asks for one first)."""
+        self.page.goto((server or self.site.url) + path)
         if token is not None:
             self.page.fill("#token-input", token)
             self.page.click("#token-submit")

@@ -231,3 +231,21 @@ def test_hostile_item_ids_are_shown_as_text(tab: Tab) -> None:
     assert page.locator("img[src='x']").count() == 0
     assert page.evaluate("() => [...document.scripts].map(s => s.getAttribute('src'))") == ["/static/job.js"]
     assert tab.dialogs == []
+
+
+def test_an_open_api_needs_no_token_and_grants_both_scopes(tab: Tab, open_url: str) -> None:
+    site, page = tab.site, tab.page
+    tab.open("/", None, server=open_url)
+    expect(page.locator("#auth")).to_contain_text("open API, no token needed")
+    expect(page.locator("#token-form")).to_have_count(0)
+    expect(page.locator(f"tr[data-job-id='{site.running_job}'] .state")).to_have_text("running")
+    tab.open(f"/jobs/{site.running_job}", None, server=open_url)
+    expect(page.locator("#cancel")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.length") == 0
+
+
+def test_a_job_that_does_not_exist_is_said_so(tab: Tab) -> None:
+    page = tab.page
+    tab.open("/jobs/0123456789abcdef", READ_TOKEN)
+    expect(page.locator("#notice")).to_contain_text("no job 0123456789abcdef")
+    expect(page.locator("#job")).to_be_hidden()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,9 @@ class Backend(ABC):
     def load(self) -> BackendInfo:
         """Load weights onto the device; raise BackendLoadError with a fix the user can apply."""
 
-    def warmup(self) -> None:  # noqa: B027 - optional hook
-        """Run a tiny batch so that the first real batch does not pay for lazy initialisation."""
+    def warmup(self, kinds: Collection[str] | None = None) -> None:  # noqa: B027 - optional hook
+        """Run what the first real batch of `kinds` (the job kinds this worker consumes; None: every kind)
+        would otherwise pay for lazily, and only what later work reuses."""
 
     def prepare(self, request: Request) -> Request:
         """CPU work on one request that can run ahead of the model, on the worker's I/O threads (resizing,

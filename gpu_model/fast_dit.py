@@ -211,9 +211,21 @@ class GraphedCall:
     def _capture(self, key: Hashable, leaves: list[Any], spec: Any) -> _Captured | None:
         started = time.perf_counter()
         try:
-            return self._warm_and_capture(key, leaves, spec)
+            captured = self._warm_and_capture(key, leaves, spec)
         finally:
             self.capture_s += time.perf_counter() - started
+        if captured is not None:
+            # A first use at this shape: the warm-up runs (and compiles) inside a model call, so say so.
+            largest = max((leaf for leaf in leaves if isinstance(leaf, torch.Tensor)), key=torch.numel)
+            log.info(
+                "%s: warmed up and captured a CUDA graph for a new shape (largest input %s) in %.1fs; "
+                "%d shapes kept",
+                self.name,
+                list(largest.shape),
+                time.perf_counter() - started,
+                len(self._graphs),
+            )
+        return captured
 
     def _warm_and_capture(self, key: Hashable, leaves: list[Any], spec: Any) -> _Captured | None:
         inputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
 from gpu_model.base import Backend, BackendInfo, BackendOptions
+from gpu_model.compile_cache import compile_counters, describe_compiles
 from gpu_model.errors import BackendError, BackendInvalidRequest, BackendLoadError
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest, Request
+from gpu_model.startup import FirstUse, startup
 
 if TYPE_CHECKING:
     from gpu_model.ovis_u1_pipeline import OvisU1Pipeline
@@ -164,6 +166,8 @@ class OvisU1Backend(Backend):
         self.dtype = dtype
         self.info: BackendInfo | None = None
         self._pipeline: OvisU1Pipeline | None = None
+        #: The generator compiles and captures its passes on its first call at each image size (CUDA).
+        self.first_use = FirstUse("the generator", enabled=False)
 
     @property
     def model(self) -> Any:
@@ -179,6 +183,7 @@ class OvisU1Backend(Backend):
         max_batch = resolve_max_batch(dict(self.options.max_batch))
         device = loading.resolve_device(self.options.device)
         model_path = self.options.model_path or loading.DEFAULT_MODEL_ID
+        startup.phase(logger, "resolving the model directory of %s", model_path)
         directory = loading.resolve_model_dir(model_path, self.options.revision)
         model_type = loading.check_model_dir(directory, model_path, self.options.revision)
         loading.check_transformers_compat(directory, model_type)
@@ -189,10 +194,17 @@ class OvisU1Backend(Backend):
                 "on a GPU host install the GPU worker (%s)",
                 loading.GPU_INSTALL,
             )
-        logger.info(
-            "loading %s (%s) from %s onto %s in %s", model_path, model_type, directory, device, self.dtype
+        startup.phase(
+            logger,
+            "loading the weights of %s (%s) from %s onto %s in %s",
+            model_path,
+            model_type,
+            directory,
+            device,
+            self.dtype,
         )
         model = loading.load_model(directory, device=device, dtype_name=self.dtype)
+        startup.phase(logger, "weights on %s; setting up the fast paths", device)
 
         from gpu_model.ovis_u1_pipeline import OvisU1Pipeline
 
@@ -201,21 +213,28 @@ class OvisU1Backend(Backend):
         self._pipeline = OvisU1Pipeline(
             model, device=device, dtype_name=self.dtype, max_batch=max_batch["caption"]
         )
+        self.first_use.enabled = self._pipeline.dit_graphs is not None or self._pipeline.compiled_blocks > 0
         self.info = BackendInfo(
             name=self.name, device=device, max_batch=max_batch, defaults=copy.deepcopy(DEFAULTS)
         )
         return self.info
 
-    def warmup(self) -> None:
-        """One tiny caption, text-to-image and edit, so that lazy CUDA initialisation happens now."""
-        square = Image.new("RGB", (64, 64), (128, 128, 128))
-        self.caption([CaptionRequest(image=square, prompt="What is it?", max_new_tokens=2)])
-        self.generate(
-            [GenerateRequest(prompt="a square", width=256, height=256, steps=1, seed=0, txt_cfg=5.0)]
-        )
-        self.edit(
-            [EditRequest(image=square, instruction="make it red", steps=1, seed=0, img_cfg=1.5, txt_cfg=6.0)]
-        )
+    def warmup(self, kinds: Collection[str] | None = None) -> None:
+        """A tiny caption when the worker takes captions: lazy CUDA initialisation, the compile of the fused
+        norms (every prompt length) and a decode graph. Nothing for images: the generator compiles and
+        captures its passes on first use at each real size (logged then), where a warm-up at a size of its
+        own would compile and capture shapes that work never reuses."""
+        if kinds is None or "caption" in kinds:
+            startup.phase(logger, "warming up captions (CUDA initialisation, compiling the fused norms)")
+            square = Image.new("RGB", (64, 64), (128, 128, 128))
+            before = compile_counters()
+            self.caption([CaptionRequest(image=square, prompt="What is it?", max_new_tokens=2)])
+            startup.phase(logger, "captions warm (%s)", describe_compiles(before, compile_counters()))
+        images = sorted({"generate", "edit"} & set(DEFAULT_MAX_BATCH if kinds is None else kinds))
+        if images and self.first_use.enabled:
+            startup.phase(
+                logger, "%s: the generator compiles at the first item of each size", " and ".join(images)
+            )
 
     def prepare(self, request: Request) -> Request:
         """A caption's prompt tokenized and its image preprocessed ahead of the model, on an I/O thread."""
@@ -229,17 +248,23 @@ class OvisU1Backend(Backend):
 
     def generate(self, requests: list[GenerateRequest]) -> list[Image.Image]:
         """One item at a time, each with its own seed."""
-        return self._run(requests, validate_generate, lambda p: p.generate)
+        return self._run(requests, validate_generate, lambda p: p.generate, lambda r: f"{r.width}x{r.height}")
 
     def edit(self, requests: list[EditRequest]) -> list[Image.Image]:
         """One item at a time, each with its own seed."""
-        return self._run(requests, validate_edit, lambda p: p.edit)
+        return self._run(requests, validate_edit, lambda p: p.edit, self._edit_shape)
+
+    def _edit_shape(self, request: EditRequest) -> str:
+        assert self._pipeline is not None
+        height, width = self._pipeline.edit_size(*request.image.size)
+        return f"{width}x{height} edits"
 
     def _run(
         self,
         requests: Sequence[Any],
         validate: Callable[[Any], None],
         method: Callable[[OvisU1Pipeline], Callable[[list[Any]], list[R]]],
+        shape: Callable[[Any], str] | None = None,
     ) -> list[R]:
         if self._pipeline is None:
             raise BackendError("the ovis-u1 backend is not loaded: call load() first")
@@ -247,7 +272,9 @@ class OvisU1Backend(Backend):
             return []
         for request in requests:
             validate(request)
-        results = method(self._pipeline)(list(requests))
+        shapes = [shape(r) for r in requests] if shape is not None and self.first_use.enabled else []
+        with self.first_use(shapes):
+            results = method(self._pipeline)(list(requests))
         if len(results) != len(requests):
             raise BackendError(f"the model returned {len(results)} results for {len(requests)} requests")
         return results

@@ -16,6 +16,7 @@ one CUDA graph per step, whole micro-batches), the DiT with fused QKV, the faste
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,6 +55,7 @@ from gpu_model.shaped_defaults import (
 from gpu_model.shaped_models import FULL, TINY, ShapedConfig, ShapedDiT, VisualTokenizer, build_llm, build_vae
 from gpu_model.shaped_sampling import Pass, euler, image_ids, noise, pack, schedule, unpack
 from gpu_model.shaped_transfer import HostImage, PinnedStaging, to_device
+from gpu_model.startup import FirstUse, startup
 from gpu_model.tiny_tokenizers import (
     IM_END,
     IMAGE_PAD,
@@ -116,6 +118,7 @@ class ShapedBackend(Backend):
         self._decoder: GreedyDecoder | None = None
         #: DiT passes replayed from CUDA graphs (fast path on CUDA); None: plain calls.
         self.dit_graphs: GraphedCall | None = None
+        self.first_use = FirstUse("the DiT", enabled=False)
         self._info: BackendInfo | None = None
 
     # -- loading --------------------------------------------------------------------------------------
@@ -174,6 +177,7 @@ class ShapedBackend(Backend):
         self.attention, self.attention_timings = pick_sdpa_backend(shapes)
         compile_blocks([*dit.flux.transformer_blocks, *dit.flux.single_transformer_blocks])
         self.dit_graphs = GraphedCall(dit, name="ovis-u1-shaped DiT pass")
+        self.first_use.enabled = True
         compile_vae(self.parts.vae)
 
     @property
@@ -183,21 +187,17 @@ class ShapedBackend(Backend):
             raise RuntimeError("ShapedBackend.load() must run before the backend takes work")
         return self._parts
 
-    def warmup(self) -> None:
-        """Run every kind at the default sizes, so compilation and graph capture happen before work comes:
-        a whole caption micro-batch, and two prompt lengths of each image kind."""
+    def warmup(self, kinds: Collection[str] | None = None) -> None:
+        """A whole caption micro-batch at the default question and length when the worker takes captions (the
+        stand-in's caption shapes are fixed, so work replays what this captures). Nothing for images: the DiT
+        and the VAE compile and capture on first use at each real size (logged then), as in ovis-u1."""
         info = self.load()
-        defaults = info.defaults
-        side = self.parts.cfg.image_size
-        grey = Image.new("RGB", (side, side), (128, 128, 128))
-        caption = CaptionRequest(grey, defaults["caption"]["prompt"], defaults["caption"]["max_new_tokens"])
-        self.caption([caption] * (info.max_batch["caption"] if self.fast else 1))
-        g = defaults["generate"]
-        for prompt in ("a cat", "a lighthouse on a cliff at dusk, oil painting, wide angle, storm clouds"):
-            self.generate([GenerateRequest(prompt, g["width"], g["height"], 1, 0, g["txt_cfg"])])
-        source = Image.new("RGB", (g["width"], g["height"]), (90, 140, 200))
-        e = defaults["edit"]
-        self.edit([EditRequest(source, "make it red", 1, 0, e["img_cfg"], e["txt_cfg"])])
+        if kinds is None or "caption" in kinds:
+            c, side = info.defaults["caption"], self.parts.cfg.image_size
+            grey = Image.new("RGB", (side, side), (128, 128, 128))
+            caption = CaptionRequest(grey, c["prompt"], c["max_new_tokens"])
+            startup.phase(log, "warming up captions (CUDA initialisation, compiles, decode graph capture)")
+            self.caption([caption] * (info.max_batch["caption"] if self.fast else 1))
 
     # -- captions -------------------------------------------------------------------------------------
     def prepare(self, request: Request) -> Request:
@@ -433,7 +433,10 @@ class ShapedBackend(Backend):
                 _check(side % 16 == 0 and 64 <= side <= 2048, f"{name} must be a multiple of 16 in 64..2048")
             _check(bool(r.prompt.strip()), "the prompt is empty")
             _check(1 <= r.steps <= MAX_STEPS, f"steps must be within 1..{MAX_STEPS}")
-        with device_work("generate", len(requests)):
+        with (
+            device_work("generate", len(requests)),
+            self.first_use(f"{r.width}x{r.height}" for r in requests),
+        ):
             queued = [self._generate_one(r) for r in requests]
             return [image.image() for image in queued]
 
@@ -456,7 +459,8 @@ class ShapedBackend(Backend):
             _check(min(r.image.size) > 0, "the input image is empty")
             _check(bool(r.instruction.strip()), "the instruction is empty")
             _check(1 <= r.steps <= MAX_STEPS, f"steps must be within 1..{MAX_STEPS}")
-        with device_work("edit", len(requests)):
+        sizes = (edit_size(*r.image.size) for r in requests)
+        with device_work("edit", len(requests)), self.first_use(f"{w}x{h} edits" for w, h in sizes):
             queued = [self._edit_one(r) for r in requests]
             return [image.image() for image in queued]
 

@@ -8,7 +8,7 @@ same model and gives the same (noise) output for the same request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -89,12 +89,15 @@ class TinyBackend(Backend):
         )
         return self._info
 
-    def warmup(self) -> None:
-        """Run each model once on a tiny input."""
+    def warmup(self, kinds: Collection[str] | None = None) -> None:
+        """Run the model of each kind in `kinds` (None: every kind) once on a tiny input."""
         grey = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 128, 128))
-        self.caption([CaptionRequest(image=grey, prompt="warm up", max_new_tokens=1)])
-        self.generate([GenerateRequest(prompt="warm up", width=64, height=64, steps=1, seed=0, txt_cfg=2.0)])
-        self.edit([EditRequest(image=grey, instruction="warm up", steps=1, seed=0, img_cfg=1.5, txt_cfg=2.0)])
+        if kinds is None or "caption" in kinds:
+            self.caption([CaptionRequest(image=grey, prompt="warm up", max_new_tokens=1)])
+        if kinds is None or "generate" in kinds:
+            self.generate([GenerateRequest("warm up", width=64, height=64, steps=1, seed=0, txt_cfg=2.0)])
+        if kinds is None or "edit" in kinds:
+            self.edit([EditRequest(grey, "warm up", steps=1, seed=0, img_cfg=1.5, txt_cfg=2.0)])
 
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
         """Caption the micro-batch in one left-padded `generate`; greedy at temperature 0, else seeded.

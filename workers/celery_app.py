@@ -29,7 +29,7 @@ _pool_stopping: dict[str, Any] = {"event": None}
 
 def _load_model() -> None:
     from gpu_model import BackendLoadError
-    from workers.runtime import WorkerRuntime
+    from workers.runtime import WorkerRuntime, consumed_kinds
 
     settings = get_settings()
     if settings.embedded:
@@ -38,7 +38,8 @@ def _load_model() -> None:
 
     try:
         runtime = WorkerRuntime.current()
-        runtime.load()
+        # The queues this worker consumes (its --queues), chosen before worker_init: warm up their kinds only.
+        runtime.load(consumed_kinds(settings, list(app.amqp.queues.consume_from)))
     except BackendLoadError as exc:
         # Celery logs and swallows exceptions of signal handlers: a worker without its model must not start.
         log.critical("%s", exc)

@@ -148,10 +148,10 @@ def worker(
     if concurrency <= 1:
         # Load the model before Celery starts, so a missing model fails here with its fix, not at a job.
         from gpu_model import BackendLoadError
-        from workers.runtime import WorkerRuntime
+        from workers.runtime import WorkerRuntime, consumed_kinds
 
         try:
-            WorkerRuntime.current().load()
+            WorkerRuntime.current().load(consumed_kinds(settings, names))
         except BackendLoadError as exc:
             raise fail(str(exc)) from None
     # Loading a 3B model takes longer than Celery's default 4 s allowance for a new child process.

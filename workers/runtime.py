@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol
@@ -16,6 +16,9 @@ from typing import Any, Protocol
 from sqlalchemy.exc import SQLAlchemyError
 
 from gpu_model import Backend, BackendInfo, BackendOptions, create_backend
+from gpu_model.compile_cache import CacheSetup, persistent_caches, point_caches
+from gpu_model.startup import startup
+from jobs.broker import queue_for
 from jobs.db import session_scope
 from jobs.dispatch import Dispatcher
 from jobs.lifecycle import JobKind
@@ -48,6 +51,16 @@ def _settle_garbage_collection() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def consumed_kinds(settings: Settings, queues: Sequence[str] | None = None) -> frozenset[str] | None:
+    """The job kinds a worker takes from `queues` (default: the configured ones); None for every kind: no
+    queue named, or one that is not a kind's `{queue}.{kind}` (what it carries is unknown)."""
+    names = list(settings.queues if queues is None else queues)
+    by_queue = {queue_for(settings, kind): kind.value for kind in JobKind}
+    if not names or any(name not in by_queue for name in names):
+        return None
+    return frozenset(by_queue[name] for name in names)
+
+
 class WorkerRuntime:
     """Per-process state shared by every chunk task of the process. The model is loaded once."""
 
@@ -57,6 +70,9 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        startup.restart()
+        #: Where torch keeps what it compiles: set before the backend's module imports torch.
+        self.compile_cache: CacheSetup = point_caches(settings.resolved_compile_cache)
         self.backend = backend or create_backend(
             settings.backend,
             BackendOptions(
@@ -207,13 +223,25 @@ class WorkerRuntime:
         assert self._info is not None
         return self._info
 
-    def load(self) -> BackendInfo:
-        """Load and warm up the model (before the worker consumes any message)."""
+    def load(self, kinds: Collection[str] | None = None) -> BackendInfo:
+        """Load the model and warm up what work of `kinds` reuses (default: the kinds of the configured
+        queues), before the worker consumes any message."""
         if self._info is None:
-            log.info("loading backend %s", self.settings.backend)
+            kinds = consumed_kinds(self.settings) if kinds is None else kinds
+            startup.phase(log, "loading backend %s; %s", self.settings.backend, self.compile_cache.describe())
             self._info = self.backend.load()
-            self.backend.warmup()
-            log.info("backend %s ready on %s", self._info.name, self._info.device)
+            if "torch" in sys.modules:  # the fake backend never imports it
+                log.info("torch's persistent compile caches: %s", persistent_caches())
+            startup.phase(log, "warming up for %s", ", ".join(sorted(kinds)) if kinds else "every kind")
+            self.backend.warmup(kinds)
+            startup.phase(
+                log,
+                "backend %s ready on %s; a model call that meets a new shape first compiles it (logged), "
+                "within the stall limit of %.0fs",
+                self._info.name,
+                self._info.device,
+                self.settings.stall_timeout_s,
+            )
             _settle_garbage_collection()
         return self._info
 

@@ -343,9 +343,15 @@ def test_cuda_out_of_memory_becomes_backend_out_of_memory(
         backend.caption([CaptionRequest(image=image, prompt="What?", max_new_tokens=4)] * 2)
 
 
-def test_warmup_runs_every_kind(backend: OvisU1Backend, calls: list[dict]) -> None:
+def test_warmup_runs_a_caption_and_leaves_the_generator_to_its_first_use(
+    backend: OvisU1Backend, calls: list[dict]
+) -> None:
     backend.warmup()
-    assert {c["fn"] for c in calls} == {"preprocess_inputs", "generate", "generate_condition", "generate_img"}
+    assert {c["fn"] for c in calls} == {"preprocess_inputs", "generate"}
+
+    calls.clear()
+    backend.warmup({"generate", "edit"})
+    assert calls == []
 
 
 def test_unloaded_backend_refuses_work() -> None:

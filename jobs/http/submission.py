@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from jobs.errors import InputNotAllowed, InvalidParameters, InvalidSource, OvisBatchError
 from jobs.http.errors import ApiError
@@ -37,11 +37,22 @@ class InlineItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     #: The item's id (text, or an integer written as its decimal text); default: its input, else its index.
-    id: StrictStr | StrictInt | None = None
+    id: str | None = None
     #: The input image (caption, edit): an absolute path or an s3:// URL inside the allowed input roots.
     input: StrictStr | None = None
     #: Caption question, generation prompt or edit instruction.
     prompt: StrictStr | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, value: Any) -> Any:
+        # As in a manifest: an integer is its decimal text; a fraction or a boolean would not be what was
+        # written, so is refused.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError("an id is text or an integer")
 
 
 class JobRequest(BaseModel):
@@ -189,13 +200,13 @@ def _spec(kind: JobKind, item: InlineItem, line: int) -> ItemSpec:
             field=f"items.{line}.input",
             line=line,
         )
-    key = str(item.id) if item.id is not None and item.id != "" else source or f"{line:06d}"
+    key = item.id or source or f"{line:06d}"
     return ItemSpec(key=key, source=source, text=item.prompt or "", params=extra or None)
 
 
 def _check_item(check: ItemChecker, spec: ItemSpec, item: InlineItem, line: int) -> None:
     # The checker's own steps, in its order, each under the field it reads.
-    id_field = "input" if (item.id is None or item.id == "") and spec.source else "id"
+    id_field = "input" if not item.id and spec.source else "id"
     steps = ((id_field, check.check_id), ("input", check.check_input), ("prompt", check.check_text))
     for field, step in steps:
         try:

@@ -412,14 +412,37 @@ class OvisU1Pipeline:
         seed: int,
         size: tuple[int, int],
     ) -> Image.Image:
+        """One image from its conditions: the project's loop over the generator's own parts, which gives
+        what generate_img gives without its host syncs (ovis_u1_sampling); generate_img itself for a
+        generator that lacks one of those parts."""
+        from gpu_model.ovis_u1_sampling import sampler_for
+
         _seed_everything(seed)
+        sampler = sampler_for(self.model)
         with self._sampling_autocast():
-            images = self.model.generate_img(cond=cond, no_both_cond=no_both, no_txt_cond=no_txt, **kwargs)
+            if sampler is None:
+                images = self.model.generate_img(
+                    cond=cond, no_both_cond=no_both, no_txt_cond=no_txt, **kwargs
+                )
+            else:
+                images = [
+                    sampler.sample(
+                        cond,
+                        no_both,
+                        no_txt,
+                        height=kwargs["height"],
+                        width=kwargs["width"],
+                        steps=kwargs["num_steps"],
+                        seed=seed,
+                        img_cfg=kwargs["img_cfg"],
+                        txt_cfg=kwargs["txt_cfg"],
+                    )
+                ]
         if len(images) != 1:
             raise BackendError(f"generate_img returned {len(images)} images for one condition")
         image = _to_rgb(images[0])
         if image.size != size:
-            raise BackendError(f"generate_img returned a {image.size} image, {size} was asked for")
+            raise BackendError(f"the sampler returned a {image.size} image, {size} was asked for")
         return image
 
     @contextlib.contextmanager

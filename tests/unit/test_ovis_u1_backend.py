@@ -75,6 +75,22 @@ def _of(calls: list[dict[str, Any]], fn: str) -> list[dict[str, Any]]:
     return [c for c in calls if c["fn"] == fn]
 
 
+@pytest.fixture
+def sampled(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What each image's sampling is asked for: the project's loop over the generator's own parts."""
+    from gpu_model.ovis_u1_sampling import YakSampler
+
+    records: list[dict[str, Any]] = []
+    sample = YakSampler.sample
+
+    def spy(self: YakSampler, cond: Any, no_both: Any, no_txt: Any, **kwargs: Any) -> Image.Image:
+        records.append({**kwargs, "batch": len(cond["txt"]), "edit": no_txt is not None})
+        return sample(self, cond, no_both, no_txt, **kwargs)
+
+    monkeypatch.setattr(YakSampler, "sample", spy)
+    return records
+
+
 def _pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
@@ -206,15 +222,16 @@ def test_max_pixels_reaches_preprocess_inputs_and_a_large_photo_gets_fewer_visua
         backend.caption([replace(default, max_pixels=1000)])
 
 
-def test_generate_prompts_and_parameters_reach_the_model(backend: OvisU1Backend, calls: list[dict]) -> None:
+def test_generate_prompts_and_parameters_reach_the_model(
+    backend: OvisU1Backend, calls: list[dict], sampled: list[dict]
+) -> None:
     requests = [
         GenerateRequest(prompt="a red cat", width=64, height=96, steps=3, seed=11, txt_cfg=4.5),
         GenerateRequest(prompt="a dog", width=112, height=80, steps=2, seed=12, txt_cfg=7.0),
     ]
     images = backend.generate(requests)
     assert [(im.size, im.mode) for im in images] == [((64, 96), "RGB"), ((112, 80), "RGB")]
-    sampled = _of(calls, "generate_img")
-    assert [(c["width"], c["height"], c["num_steps"], c["seed"], c["txt_cfg"]) for c in sampled] == [
+    assert [(c["width"], c["height"], c["steps"], c["seed"], c["txt_cfg"]) for c in sampled] == [
         (64, 96, 3, 11, 4.5),
         (112, 80, 2, 12, 7.0),
     ]
@@ -258,25 +275,28 @@ def test_generate_seed_gives_the_same_image_alone_and_in_a_batch(backend: OvisU1
     assert not np.array_equal(_pixels(batch[2]), _pixels(alone))  # same prompt, another seed
 
 
-def test_edit_prompts_and_parameters_reach_the_model(backend: OvisU1Backend, calls: list[dict]) -> None:
+def test_edit_prompts_and_parameters_reach_the_model(
+    backend: OvisU1Backend, calls: list[dict], sampled: list[dict]
+) -> None:
     source = Image.new("RGB", (200, 100), RED)
     request = EditRequest(
         image=source, instruction="  make it blue \n", steps=3, seed=5, img_cfg=1.2, txt_cfg=6.5
     )
     (edited,) = backend.edit([request])
     assert (edited.size, edited.mode) == ((192, 96), "RGB")
-    (sampled,) = _of(calls, "generate_img")
-    assert sampled == {
-        "fn": "generate_img",
-        "height": 96,
-        "width": 192,
-        "num_steps": 3,
-        "seed": 5,
-        "img_cfg": 1.2,
-        "txt_cfg": 6.5,
-        "batch": 1,
-        "edit": True,
-    }
+    assert sampled == [
+        {
+            "height": 96,
+            "width": 192,
+            "steps": 3,
+            "seed": 5,
+            "img_cfg": 1.2,
+            "txt_cfg": 6.5,
+            "batch": 1,
+            "edit": True,
+        }
+    ]
+    assert _of(calls, "generate_img") == []  # the project's loop, not the model's own
     prompts = _of(calls, "preprocess_inputs")
     # no-both (blank image), no-text (generic prompt + source), full (instruction + source)
     assert [p["prompt"] for p in prompts] == [GENERIC_PROMPT, GENERIC_PROMPT, "<image>\nmake it blue"]

@@ -1,0 +1,209 @@
+"""The project's image sampling loop (gpu_model/ovis_u1_sampling.py) against the model's own generate_img.
+
+At batch 1 with the same seed, text-to-image and edits through the `ovis-u1` backend give exactly the image
+the official flow gives (float32 weights on the CPU): on the stand-in model, and on a tiny build of the
+official remote code where that code has been fetched into .remote/ovis-u1 and torchvision imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpu_model import BackendOptions, EditRequest, GenerateRequest
+from gpu_model import ovis_u1_sampling as sampling
+from gpu_model.ovis_u1 import OvisU1Backend
+from tests.bench_scripts import ROOT, load_bench_script
+from tests.fixtures.ovis_u1_standin.build import build_standin, isolated_modules_cache
+from tests.helpers import sample_photo
+
+REMOTE_CODE = Path(os.environ.get("OVIS_BENCH_REMOTE_CODE", ROOT / ".remote" / "ovis-u1"))
+
+builder = load_bench_script("build_ovis_u1_model")
+
+
+def _torchvision_imports() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # a torchvision built for another torch fails with RuntimeError, not ImportError
+        return False
+    return True
+
+
+needs_remote_code = pytest.mark.skipif(
+    not all((REMOTE_CODE / name).is_file() for name in builder.REMOTE_CODE) or not _torchvision_imports(),
+    reason=f"needs the official remote code in {REMOTE_CODE} (bench/README.md) and torchvision",
+)
+
+REQUESTS: list[Any] = [
+    GenerateRequest("a red fox in the snow", 128, 96, 3, seed=1, txt_cfg=5.0),
+    EditRequest(sample_photo(size=160), "make it blue", 3, seed=2, img_cfg=1.5, txt_cfg=6.0),
+]
+
+
+def _run(backend: OvisU1Backend, request: Any) -> Image.Image:
+    if isinstance(request, GenerateRequest):
+        return backend.generate([request])[0]
+    return backend.edit([request])[0]
+
+
+def _through(backend: OvisU1Backend, request: Any, *, official: bool) -> Image.Image:
+    """The item through the model's generate_img (`official`: the backend's path for a generator that the
+    project's loop cannot drive) or through the project's loop; checked to take that path."""
+    model = backend.model
+    used: list[int] = []
+    generate_img = model.generate_img
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        used.append(1)
+        return generate_img(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "generate_img", counted)
+        if official:
+            patch.setattr(sampling, "sampler_for", lambda model: None)
+        image = _run(backend, request)
+    assert used == ([1] if official else [])
+    return image
+
+
+def _assert_same_images(backend: OvisU1Backend) -> None:
+    for request in REQUESTS:
+        official = _through(backend, request, official=True)
+        project = _through(backend, request, official=False)
+        assert project.size == official.size and project.mode == official.mode == "RGB"
+        pixels = np.asarray(project)
+        assert pixels.std() > 0, "a uniform image would prove nothing"
+        assert np.array_equal(pixels, np.asarray(official)), type(request).__name__
+        other_seed = _run(backend, replace(request, seed=request.seed + 1))
+        assert not np.array_equal(np.asarray(other_seed), pixels)
+
+
+# -- the stand-in model ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> OvisU1Backend:
+    directory = build_standin(tmp_path_factory.mktemp("ovis-u1") / "Ovis-U1-standin")
+    backend = OvisU1Backend(BackendOptions(model_path=str(directory), device="cpu"), dtype="float32")
+    with isolated_modules_cache(tmp_path_factory.mktemp("hf-modules")):
+        backend.load()
+    return backend
+
+
+def test_the_project_loop_gives_the_official_images_on_the_standin(standin: OvisU1Backend) -> None:
+    _assert_same_images(standin)
+
+
+def test_a_generator_without_the_parts_the_loop_needs_is_left_to_generate_img(standin: OvisU1Backend) -> None:
+    assert sampling.sampler_for(standin.model) is sampling.sampler_for(standin.model)  # one per generator
+    assert sampling.sampler_for(object()) is None
+
+    class Partial(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Linear(2, 2)
+            self.vae = torch.nn.Linear(2, 2)  # no get_schedule nor compute_vae_encodings
+
+    class Model:
+        visual_generator = Partial()
+
+    assert sampling.sampler_for(Model()) is None
+
+
+# -- the timestep embedding on the device ----------------------------------------------------------------
+def test_on_device_makes_the_embedding_s_tables_where_its_input_is() -> None:
+    def table_device(t: torch.Tensor, width: int) -> torch.device:
+        return torch.arange(width).device  # no device named: the host, unless told otherwise
+
+    t = torch.zeros(2, device="meta")
+    assert table_device(t, 4) == torch.device("cpu")
+    assert sampling.on_device(table_device)(t, 4) == torch.device("meta")
+
+
+def test_embedding_matches_compares_the_outputs_at_the_schedule_s_times() -> None:
+    def sinusoid(t: torch.Tensor, width: int) -> torch.Tensor:
+        freqs = torch.exp(-torch.arange(width // 2, dtype=torch.float32) / width).to(t.device)
+        args = t[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t)
+
+    def noisy(t: torch.Tensor, width: int) -> torch.Tensor:
+        return sinusoid(t, width) + torch.rand(width)
+
+    times = [1.0, 0.75, 0.5, 0.25]
+    cpu = torch.device("cpu")
+    assert sampling.embedding_matches(sinusoid, times, torch.bfloat16, cpu, 16)
+    assert not sampling.embedding_matches(noisy, times, torch.bfloat16, cpu, 16)
+
+
+# -- a tiny build of the official remote code ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_code_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny random-weight model directory built from the official files, with flash-attn's SDPA stand-in
+    importable while the module's tests run."""
+    out = tmp_path_factory.mktemp("ovis-u1-tiny") / "model"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "path", list(sys.path))
+        patch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        builder.build(
+            out, REMOTE_CODE, tiny=True, device="cpu", seed=0, tokenizer_cache=out.parent / "unused"
+        )
+        builder.ensure_flash_attn()
+        yield out
+    for name in [name for name in sys.modules if name == "flash_attn" or name.startswith("flash_attn.")]:
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _real_code_backend(directory: Path, modules: Path, device: str, dtype: str) -> Iterator[OvisU1Backend]:
+    """Loaded from `directory`; its remote code stays importable (it imports lazily) until the block ends."""
+    backend = OvisU1Backend(BackendOptions(model_path=str(directory), device=device), dtype=dtype)
+    with isolated_modules_cache(modules):
+        backend.load()
+        yield backend
+
+
+@needs_remote_code
+def test_the_project_loop_gives_the_official_images_on_the_real_code(
+    real_code_dir: Path, tmp_path: Path
+) -> None:
+    with _real_code_backend(real_code_dir, tmp_path / "modules", "cpu", "float32") as backend:
+        assert type(backend.model.visual_generator).__name__ == "YakModel"
+        _assert_same_images(backend)
+
+
+@pytest.mark.cuda
+@needs_remote_code
+def test_on_a_gpu_the_real_code_s_passes_are_replayed_from_cuda_graphs(
+    real_code_dir: Path, tmp_path: Path
+) -> None:
+    with _real_code_backend(real_code_dir, tmp_path / "modules", "cuda", "bfloat16") as backend:
+        pipeline = backend._pipeline
+        assert pipeline is not None and pipeline.dit_graphs is not None
+        graphs = pipeline.dit_graphs
+
+        def replays(official: bool, request: Any) -> tuple[np.ndarray, int]:
+            before = graphs.replays
+            image = _through(backend, request, official=official)
+            return np.asarray(image, dtype=np.int16), graphs.replays - before
+
+        for request in REQUESTS:
+            for official in (True, False):  # the first runs compile, capture and warm up
+                replays(official, request)
+            official_pixels, official_replays = replays(True, request)
+            project_pixels, project_replays = replays(False, request)
+            # The model's own loop syncs in every pass, so none of its pass shapes is captured (the two loops
+            # name the backbone's arguments in another order: their passes never share a graph).
+            assert official_replays == 0
+            assert project_replays == request.steps * (2 if isinstance(request, GenerateRequest) else 3)
+            # the same kernels; cuBLAS may pick another algorithm inside a capture: bf16 rounding apart
+            assert int(np.abs(project_pixels - official_pixels).max()) <= 8

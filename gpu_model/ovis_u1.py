@@ -225,7 +225,7 @@ class OvisU1Backend(Backend):
         captures its passes on first use at each real size (logged then), where a warm-up at a size of its
         own would compile and capture shapes that work never reuses."""
         if kinds is None or "caption" in kinds:
-            startup.phase(logger, "warming up captions (CUDA initialisation, compiling the fused norms)")
+            startup.phase(logger, "warming up captions (lazy initialisation; fused norms compile on CUDA)")
             square = Image.new("RGB", (64, 64), (128, 128, 128))
             before = compile_counters()
             self.caption([CaptionRequest(image=square, prompt="What is it?", max_new_tokens=2)])

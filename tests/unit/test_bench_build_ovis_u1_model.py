@@ -220,10 +220,19 @@ def test_the_benchmark_runs_the_real_code_path_end_to_end_on_the_cpu(
     (written,) = tmp_path.glob("gpu_throughput-*.json")
     result = json.loads(written.read_text())
     assert result["backend"] == "ovis-u1" and result["errors"] == {}
-    assert result["cold_start_s"] > 0
+    assert result["cold_start_s"] > 0 and result["cold_start_cached_s"] > 0
+    caches = result["cold_start_cached"]["compile_cache"]
+    assert {"TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_MODULES_CACHE"} <= set(caches["set"])
+    assert result["cold_start_cached"]["cache_contents_at_start"]["hf-modules"]["files"] > 0
     for task in ("caption", "generate", "edit"):
         entry = result["tasks"][task]
         assert entry["model_items_per_s"] > 0 and entry["system_items_per_s"] > 0, task
         assert entry["system"]["succeeded"] == entry["system"]["items"], task
     assert result["model"]["build"]["size"] == "tiny"
+    steps = result["plan"]["steps"]
+    for task, passes in (("generate", 2), ("edit", 3)):
+        parts = result["tasks"][task]["breakdown"]
+        assert parts["backbone"]["calls"] == steps * passes, parts
+        assert parts["vae_decode"]["calls"] == 1 and parts["vae_encode"]["calls"] == (task == "edit")
+        assert parts["condition"]["calls"] >= 1 and parts["total_s"] > parts["backbone"]["s"] > 0
     assert result["inputs"]["caption"]["max_new_tokens"]["min"] >= 40

@@ -11,7 +11,9 @@ edits of mixed sizes. Sections, in the order --parts names them (system, then mo
   submission until it ends: `tasks.<task>.system_items_per_s`.
 - `model`: the backend in this process, inputs decoded and prepared beforehand (as the worker's I/O threads
   do), warmed up at the first micro-batch's shapes: `tasks.<task>.model_items_per_s`. Captions run in the
-  backend's micro-batches (split in two on out-of-memory, as the worker does); images one at a time.
+  backend's micro-batches (split in two on out-of-memory, as the worker does); images one at a time, then
+  one more of each kind with the time of its parts (conditions, DiT passes, VAE, the rest):
+  `tasks.<task>.breakdown` (bench/image_breakdown.py).
 
 Text-to-image items have the backend's default size (1024 x 1024) and 50 steps; edits keep their input's
 aspect ratio at about 1 MP at most, 50 steps.
@@ -311,6 +313,8 @@ def _caption_batches(backend: Any, batches: list[list[Any]], device: str) -> tup
 
 def model_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file: RunFile) -> None:
     """The backend in this process: load, warm up, then each task's items."""
+    from image_breakdown import image_breakdown
+
     from gpu_model.base import BackendOptions
     from gpu_model.ovis_u1 import DEFAULT_CAPTION_PROMPT, MIN_CAPTION_MAX_PIXELS, OvisU1Backend
     from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
@@ -422,6 +426,13 @@ def model_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file:
             },
         )
         log(f"model {task}: {results['tasks'][task]['model']}")
+        if plan.left() > 30:
+            # One more item, one the timed ones did not have, with the time of each of its parts.
+            records = read_manifest(manifests[task])
+            probe = makers[task](records[len(requests) % len(records)], len(requests))
+            breakdown = image_breakdown(backend, partial(method, [probe]), device)
+            results["tasks"][task]["breakdown"] = breakdown
+            log(f"model {task} breakdown: {breakdown}")
         run_file.write(results)
 
 

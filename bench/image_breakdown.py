@@ -1,0 +1,113 @@
+"""Where one image's time goes through the `ovis-u1` backend: the condition passes through the LLM, the DiT
+(backbone) passes, the VAE encode (edits) and decode, and the rest (host work such as preprocessing and PIL
+conversions, the guidance arithmetic, copies, and the device waiting for the host).
+
+Each part is found by wrapping the model's own callable for the length of one item: `generate_condition`,
+the generator backbone's `forward` (the CUDA-graph wrapper where the backend installed one), `vae.encode` and
+`vae.decode`. On a GPU a part's time is the span between CUDA events recorded around each call, read once the
+item is done (the host is not made to wait in between); elsewhere it is the host's clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+#: The parts timed, each as (what holds the callable, the callable's attribute name), from the model.
+PARTS: dict[str, Callable[[Any], tuple[Any, str]]] = {
+    "condition": lambda model: (model, "generate_condition"),
+    "backbone": lambda model: (model.visual_generator.backbone, "forward"),
+    "vae_encode": lambda model: (model.visual_generator.vae, "encode"),
+    "vae_decode": lambda model: (model.visual_generator.vae, "decode"),
+}
+
+
+class Spans:
+    """Start and end marks of each call to one part: CUDA events on a GPU, host clock readings elsewhere."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks: list[tuple[Any, Any]] = []
+        self.host_s = 0.0
+
+    def mark(self) -> Any:
+        """A point in time on the device's stream (CUDA) or the host's clock."""
+        if not self.cuda:
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self) -> float:
+        """The calls' total; on CUDA, only once the device has run past the last mark."""
+        if self.cuda:
+            return float(sum(start.elapsed_time(end) for start, end in self.marks)) / 1000
+        return float(sum(end - start for start, end in self.marks))
+
+
+@contextlib.contextmanager
+def timed(owner: Any, name: str, spans: Spans) -> Iterator[None]:
+    """`owner.name` timed into `spans` within the block; the owner's own attribute is back afterwards."""
+    had_own = name in vars(owner)
+    original = getattr(owner, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start, host_start = spans.mark(), time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spans.marks.append((start, spans.mark()))
+            spans.host_s += time.perf_counter() - host_start
+
+    setattr(owner, name, call)
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
+
+
+def image_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[str, Any]:
+    """Run one item (`run`) through the loaded backend and say where its seconds went."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    model = backend.model
+    spans = {part: Spans(cuda) for part in PARTS}
+    graphs = getattr(backend._pipeline, "dit_graphs", None)
+    before = (graphs.captures, graphs.replays, graphs.capture_s) if graphs is not None else None
+    with contextlib.ExitStack() as stack:
+        for part, where in PARTS.items():
+            stack.enter_context(timed(*where(model), spans[part]))
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        total = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "what": "one more item through the backend; each part timed "
+        + ("on the GPU between CUDA events around each call" if cuda else "by the host's clock"),
+        "total_s": round(total, 4),
+    }
+    for part, part_spans in spans.items():
+        result[part] = {
+            "calls": len(part_spans.marks),
+            "s": round(part_spans.seconds(), 4),
+            "host_s": round(part_spans.host_s, 4),
+        }
+    result["rest_s"] = round(total - sum(s.seconds() for s in spans.values()), 4)
+    if graphs is not None and before is not None:
+        result["dit_graphs"] = {
+            "captures": graphs.captures - before[0],
+            "replays": graphs.replays - before[1],
+            "capture_s": round(graphs.capture_s - before[2], 4),
+        }
+    return result

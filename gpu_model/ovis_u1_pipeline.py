@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from gpu_model.ovis_u1 import (
     UNDERSTANDING_PREFIX,
 )
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
+from gpu_model.tokenizer_lock import guard_tokenizer
 
 #: Unconditional conditions kept per output size (each a [1, L, 2 * hidden] tensor, a few MB).
 NO_BOTH_CACHE_SIZES = 8
@@ -137,8 +137,9 @@ class OvisU1Pipeline:
         self.text_tokenizer = model.get_text_tokenizer()
         self.visual_tokenizer = model.get_visual_tokenizer()
         self._no_both: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
-        #: The remote code's preprocessing shares one tokenizer: I/O threads take turns.
-        self._prepare_lock = threading.Lock()
+        # Captions are prepared on the worker's I/O threads, in parallel: only the shared tokenizer's backend
+        # is used under a lock.
+        guard_tokenizer(self.text_tokenizer)
         #: Greedy captions through a static KV cache and a captured CUDA graph per step (on CUDA by
         #: default), in place of the LLM's stock generate loop, which is bound by per-step host overhead.
         self.decoder: GreedyDecoder | None = None
@@ -189,8 +190,7 @@ class OvisU1Pipeline:
         """The request with its model inputs made ahead (on an I/O thread, off the model's); unchanged if
         preprocessing fails, so that the batch reports the error for this item alone."""
         try:
-            with self._prepare_lock:
-                inputs = self._caption_inputs(request)
+            inputs = self._caption_inputs(request)
         except Exception:
             log.debug("caption preprocessing failed ahead of the model", exc_info=True)
             return request

@@ -5,9 +5,12 @@ compute, meaningless outputs) or the real weights. Inputs are bench/realistic_in
 256-1280 px, caption limits of 40-400 tokens (random weights never stop early), prompts of many lengths,
 edits of mixed sizes. Sections, in the order --parts names them (system, then model by default):
 
-- `system`: a fresh `ovis-batch worker` process with empty compile and module caches (and the page cache
-  dropped where the run may). A one-photo caption job is queued before the worker starts; `cold_start_s` is
-  the time from starting the process to that job's result. Then one job per task, each timed from
+- `system`: a fresh `ovis-batch worker` process with an empty compile cache folder (its setting
+  `compile_cache`, which holds the Inductor, Triton, CUDA and remote-module caches) and the page cache
+  dropped where the run may. A one-photo caption job is queued before the worker starts; `cold_start_s` is
+  the time from starting the process to that job's result. That worker stops and a second fresh one starts
+  the same way over the folder the first filled (what a docker volume gives a new container), page cache
+  dropped again: `cold_start_cached_s`. Then one job per task through the second worker, each timed from
   submission until it ends: `tasks.<task>.system_items_per_s`.
 - `model`: the backend in this process, inputs decoded and prepared beforehand (as the worker's I/O threads
   do), warmed up at the first micro-batch's shapes: `tasks.<task>.model_items_per_s`. Captions run in the
@@ -25,6 +28,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,14 +190,58 @@ def _head(manifest: Path, count: int, dest: Path) -> Path:
     return dest
 
 
-# -- the system --------------------------------------------------------------------------------------------
+# -- the system ---------------------------------------------------------------------------------------------
+def _cache_contents(folder: Path) -> dict[str, dict[str, float]]:
+    """Files and megabytes in each cache of a compile cache folder."""
+    contents = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in sub.rglob("*") if f.is_file()]
+        contents[sub.name] = {"files": len(files), "mb": round(sum(f.stat().st_size for f in files) / 1e6, 1)}
+    return contents
+
+
+def _cold_start(
+    plan: RealPlan, client: Any, env: dict[str, str], probe: Path, log_path: Path, cwd: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """A one-photo caption job queued, the page cache dropped, then a new worker process: the seconds from
+    its start to that job's result. Returns the worker, ready, and what the result file records."""
+    from jobs.lifecycle import JobKind
+
+    probe_id = client.submit(JobKind.CAPTION, str(probe))
+    page_cache = drop_page_cache() if plan.device.startswith("cuda") else "kept (CPU run)"
+    started = time.monotonic()
+    worker = start_worker(env, log_path, cwd)
+    try:
+        wait_for(
+            lambda: client.status(probe_id).done >= 1,
+            worker,
+            log_path,
+            max(60.0, plan.left() - 30),
+            "no result",
+        )
+        seconds = time.monotonic() - started
+        wait_ready(worker, log_path, 1, 60)
+    except BaseException:
+        stop_worker(worker)
+        raise
+    return worker, {
+        "first_result_s": round(seconds, 2),
+        "page_cache": page_cache,
+        "probe": client.status(probe_id).as_dict(),
+        "worker_log": log_path.name,
+    }
+
+
 def system_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file: RunFile) -> None:
-    """A cold worker's first result, then one job per task through it."""
+    """Two cold workers' first results (empty compile cache, then the one the first filled), then one job
+    per task through the second."""
+    from gpu_model.compile_cache import CACHE_FOLDERS, HF_MODULES_PARENTS, point_caches
     from jobs.api import Client
     from jobs.lifecycle import JobKind
     from jobs.settings import Settings
 
     work = inputs.folder.parent
+    cache = work / "compile-cache"
     values = {
         "home": str(work / "home"),
         "backend": "ovis-u1",
@@ -204,6 +252,7 @@ def system_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file
         "storage_url": str(work / "outputs"),
         "queue": f"bench{os.getpid()}",
         "reconcile_interval_s": "0",
+        "compile_cache": str(cache),
     }
     if plan.caption_batch:
         values["caption_batch"] = str(plan.caption_batch)
@@ -211,47 +260,40 @@ def system_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file
         values["chunk_size"] = str(plan.chunk_size)
     if plan.broker_url:
         values["broker_url"] = plan.broker_url
-    caches = work / "worker-caches"
-    fresh = {
-        name: str(caches / folder)
-        for name, folder in (
-            ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-            ("TRITON_CACHE_DIR", "triton"),
-            ("HF_MODULES_CACHE", "hf_modules"),
-            ("CUDA_CACHE_PATH", "cuda"),
-        )
-    }
-    env = worker_env(values, {**fresh, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env = worker_env(values, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    # The worker's caches are the folder's alone: neither this process's caches nor the host's leak in.
+    for name in (*CACHE_FOLDERS, *HF_MODULES_PARENTS):
+        env.pop(name, None)
+    # Where the worker puts each cache, worked out as it does (its log says the same).
+    caches = point_caches(cache, dict(env)).as_record()
     client = Client(Settings(**{k: v for k, v in values.items() if k != "caption_batch"}))
     probe = _head(inputs.caption_manifest, 1, inputs.folder / "probe.jsonl")
-    probe_id = client.submit(JobKind.CAPTION, str(probe))
-    page_cache = drop_page_cache() if plan.device.startswith("cuda") else "kept (CPU run)"
-    log_path = plan.log_dir / f"{run_file.path.stem}-worker.log"
-    started = time.monotonic()
-    worker = start_worker(env, log_path, work)
+    stem = run_file.path.stem
+    worker, first = _cold_start(plan, client, env, probe, plan.log_dir / f"{stem}-worker.log", work)
     try:
-        wait_for(
-            lambda: client.status(probe_id).done >= 1,
-            worker,
-            log_path,
-            max(60.0, plan.left() - 30),
-            "no result",
-        )
-        cold = time.monotonic() - started
-        wait_ready(worker, log_path, 1, 60)
-        results["cold_start_s"] = round(cold, 2)
+        results["cold_start_s"] = first["first_result_s"]
         results["cold_start"] = {
-            "what": "a new worker process, from its start to the result of a one-photo caption job queued "
-            "before it started",
-            "first_result_s": round(cold, 2),
-            "page_cache": page_cache,
-            "fresh_caches": sorted(fresh),
-            "probe": client.status(probe_id).as_dict(),
-            "worker_log": log_path.name,
+            "what": "a new worker process with an empty compile cache folder, from its start to the result "
+            "of a one-photo caption job queued before it started",
+            **first,
+            "compile_cache": caches,
         }
-        log(
-            f"cold start: first result {cold:.1f}s after the worker process started (page cache {page_cache})"
+        log(f"cold start: first result {first['first_result_s']:.1f}s after the worker started")
+        run_file.write(results)
+        stop_worker(worker)
+        filled = _cache_contents(cache)
+        worker, second = _cold_start(
+            plan, client, env, probe, plan.log_dir / f"{stem}-worker-cached.log", work
         )
+        results["cold_start_cached_s"] = second["first_result_s"]
+        results["cold_start_cached"] = {
+            "what": "a second new worker process over the compile cache folder the first one filled, as a "
+            "docker volume gives a new container, from its start to the result of the same job",
+            **second,
+            "compile_cache": caches,
+            "cache_contents_at_start": filled,
+        }
+        log(f"cold start over the filled compile cache: {second['first_result_s']:.1f}s ({filled})")
         run_file.write(results)
         sources = {
             "caption": _head(inputs.caption_manifest, plan.captions, inputs.folder / "captions-system.jsonl"),
@@ -269,6 +311,13 @@ def system_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file
                 entry["system"] = {"skipped": "budget"}
                 log(f"budget: system {task} skipped")
                 continue
+            if task != "caption":
+                # The generator compiles at the first item of a size: one one-step item first, untimed in
+                # the job's rate, its own time recorded.
+                first_use = _head(sources[task], 1, inputs.folder / f"{task}-first-use.jsonl")
+                report = run_job(client, JobKind(task), str(first_use), {"steps": 1}, plan.left() - 10)
+                entry["system_first_use"] = report
+                log(f"system {task}, first use (one item, one step): {report}")
             report = run_job(client, JobKind(task), str(sources[task]), params[task], plan.left() - 10)
             entry["system"] = report
             entry["system_items_per_s"] = report.get("items_per_s")

@@ -6,9 +6,9 @@ them to the device, and the backbone's timestep embedding copies a host-made fre
 every pass. A copy from pageable host memory waits for the device to drain, so the host never runs ahead of
 the GPU (2 to 3 such waits per pass), and a pass that waits cannot be captured in a CUDA graph:
 fast_dit.GraphedCall refuses every pass shape and runs it plainly, after a wasted warm-up pass per new shape.
-Here the position ids are made on the device once per item and, on a GPU, the timestep embedding makes its
-table on the device (used only where its output equals the host-made table's for the schedule's times), so a
-pass is one graph replay and the host queues the whole loop ahead of the GPU.
+Here the position ids are made on the device once per item, and the timestep embedding's table, still made
+on the host as the model makes it, is copied to the device once and reused (the same bytes), so that a pass
+is one graph replay and the host queues the whole loop ahead of the GPU.
 
 Everything else is computed as the official flow computes it: the same bf16 noise from the item's own
 generator, the schedule from the model's own helper, the source latents from the model's own encoder helper
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import logging
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -29,10 +28,9 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from gpu_model.shaped_sampling import image_ids, noise, unpack
-
-log = logging.getLogger(__name__)
 
 #: What the project's loop uses of the visual generator; a generator without one of them is left to the
 #: model's own generate_img.
@@ -55,29 +53,46 @@ def sampler_for(model: Any) -> YakSampler | None:
     return sampler
 
 
-def on_device(embedding: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """`embedding(t, ...)` with the tensors it makes without naming a device made on t's device."""
+class HostCopies(TorchFunctionMode):
+    """`tensor.to(device)` of a host tensor served from a device copy made the first time those contents
+    were copied: later calls copy on the device (a graph can capture that) and leave the host unblocked.
+    For small constant tables: the copies are kept for good, since a captured graph reads them where they
+    are."""
 
-    @functools.wraps(embedding)
-    def embed(t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.device(t.device):
-            return embedding(t, *args, **kwargs)
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    return embed
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and len(args) == 2 and not kwargs:
+            source, target = args
+            if isinstance(target, str | torch.device) and source.device.type == "cpu":
+                device = torch.device(target)
+                if device.type != "cpu":
+                    contents = source.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+                    key = (device, source.dtype, tuple(source.shape), contents)
+                    if key not in self.copies:
+                        self.copies[key] = func(*args)
+                    return self.copies[key].clone()
+        return func(*args, **kwargs)
 
 
-def embedding_matches(
-    embedding: Callable[..., torch.Tensor],
-    times: Sequence[float],
-    dtype: torch.dtype,
-    device: torch.device,
-    width: int,
-) -> bool:
-    """Whether `on_device(embedding)` gives exactly what `embedding` gives for each of `times`, made as the
-    loop makes a step's time ([1] tensors of `dtype`); the embedding is elementwise in t, so one call holds
-    every step."""
-    t = torch.cat([torch.full((1,), now, dtype=dtype, device=device) for now in times])
-    return torch.equal(embedding(t, width), on_device(embedding)(t, width))
+def keeping_host_copies(fn: Callable[..., Any], copies: HostCopies) -> Callable[..., Any]:
+    """`fn` with its host-to-device copies served by `copies`."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with copies:
+            return fn(*args, **kwargs)
+
+    return call
 
 
 class YakSampler:
@@ -85,8 +100,8 @@ class YakSampler:
 
     def __init__(self, generator: Any) -> None:
         self.generator = generator
-        #: Schedules (their times) whose timestep embedding on the device was checked: equal or not.
-        self._embedding_checked: dict[tuple[float, ...], bool] = {}
+        #: The device copies of the tables the backbone's timestep embedding makes on the host.
+        self._host_copies = HostCopies()
 
     def sample(
         self,
@@ -134,7 +149,7 @@ class YakSampler:
             base_shift=config.base_shift,
             max_shift=config.max_shift,
         )
-        with self._embedding_on_device(times[:-1], x):
+        with self._timestep_tables_kept():
             for now, after in itertools.pairwise(times):
                 t = torch.full((x.shape[0],), now, dtype=x.dtype, device=x.device)
                 velocities = [backbone(img=x, timesteps=t, **kwargs) for kwargs in passes]
@@ -160,31 +175,15 @@ class YakSampler:
         return Image.fromarray(array[0])
 
     @contextlib.contextmanager
-    def _embedding_on_device(self, times: Sequence[float], x: torch.Tensor) -> Iterator[None]:
-        """On a GPU, the backbone's timestep embedding makes its frequency table on the device, for a schedule
-        whose embeddings that leaves exactly as they were; elsewhere nothing changes."""
-        backbone = self.generator.backbone
-        module = sys.modules.get(type(backbone).__module__)
+    def _timestep_tables_kept(self) -> Iterator[None]:
+        """The backbone's timestep embedding (looked up in its module at each pass) with its host-made
+        frequency table copied to the device once, not in every pass."""
+        module = sys.modules.get(type(self.generator.backbone).__module__)
         embedding = getattr(module, TIMESTEP_EMBEDDING, None)
-        width = getattr(getattr(getattr(backbone, "time_in", None), "in_layer", None), "in_features", None)
-        if x.device.type == "cpu" or not callable(embedding) or not isinstance(width, int):
+        if not callable(embedding):
             yield
             return
-        key = tuple(times)
-        if key not in self._embedding_checked:
-            same = embedding_matches(embedding, times, x.dtype, x.device, width)
-            self._embedding_checked[key] = same
-            if not same:
-                log.warning(
-                    "the timestep embedding made on %s differs from the host-made one for a %d-step "
-                    "schedule: its passes keep the model's own embedding (and its host copies)",
-                    x.device,
-                    len(times),
-                )
-        if not self._embedding_checked[key]:
-            yield
-            return
-        setattr(module, TIMESTEP_EMBEDDING, on_device(embedding))
+        setattr(module, TIMESTEP_EMBEDDING, keeping_host_copies(embedding, self._host_copies))
         try:
             yield
         finally:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpu_model import BackendOptions, EditRequest, GenerateRequest
 from gpu_model import ovis_u1_sampling as sampling
@@ -119,29 +120,51 @@ def test_a_generator_without_the_parts_the_loop_needs_is_left_to_generate_img(st
     assert sampling.sampler_for(Model()) is None
 
 
-# -- the timestep embedding on the device ----------------------------------------------------------------
-def test_on_device_makes_the_embedding_s_tables_where_its_input_is() -> None:
-    def table_device(t: torch.Tensor, width: int) -> torch.device:
-        return torch.arange(width).device  # no device named: the host, unless told otherwise
+# -- host-made tables copied to the device once ------------------------------------------------------------
+class CopiesToTheDevice(TorchDispatchMode):
+    """Counts the copies of host tensors to another device."""
 
-    t = torch.zeros(2, device="meta")
-    assert table_device(t, 4) == torch.device("cpu")
-    assert sampling.on_device(table_device)(t, 4) == torch.device("meta")
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._to_copy.default and args[0].device.type == "cpu":
+            self.count += (kwargs or {}).get("device", args[0].device).type != "cpu"
+        return func(*args, **(kwargs or {}))
 
 
-def test_embedding_matches_compares_the_outputs_at_the_schedule_s_times() -> None:
-    def sinusoid(t: torch.Tensor, width: int) -> torch.Tensor:
-        freqs = torch.exp(-torch.arange(width // 2, dtype=torch.float32) / width).to(t.device)
-        args = t[:, None].float() * freqs[None]
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t)
+def _embedding(t: torch.Tensor, width: int) -> torch.Tensor:
+    """A timestep embedding that makes its table on the host in every call, as the model's does."""
+    table = torch.exp(-torch.arange(width, dtype=torch.float32) / width)
+    return t[:, None].float() * table.to(t.device)[None]
 
-    def noisy(t: torch.Tensor, width: int) -> torch.Tensor:
-        return sinusoid(t, width) + torch.rand(width)
 
-    times = [1.0, 0.75, 0.5, 0.25]
-    cpu = torch.device("cpu")
-    assert sampling.embedding_matches(sinusoid, times, torch.bfloat16, cpu, 16)
-    assert not sampling.embedding_matches(noisy, times, torch.bfloat16, cpu, 16)
+def test_a_host_made_table_is_copied_to_the_device_once() -> None:
+    copies = sampling.HostCopies()
+    embedding = sampling.keeping_host_copies(_embedding, copies)
+    t = torch.ones(3, device="meta")
+    counted = CopiesToTheDevice()
+    with counted:
+        outputs = [embedding(t, 4), embedding(t, 4), embedding(t, 8)]
+    assert counted.count == 2  # one per distinct table
+    assert len(copies.copies) == 2
+    assert [tuple(out.shape) for out in outputs] == [(3, 4), (3, 4), (3, 8)]
+    assert all(out.device.type == "meta" for out in outputs)
+
+    with counted:
+        plain = [_embedding(t, 4), _embedding(t, 4)]
+    assert counted.count == 4 and len(plain) == 2  # without it: a copy in every call
+
+
+def test_host_copies_leave_other_conversions_alone() -> None:
+    copies = sampling.HostCopies()
+    host = torch.arange(3.0)
+    with copies:
+        assert host.to("cpu") is host
+        assert host.to(torch.float64).dtype == torch.float64
+        assert host.to("meta", non_blocking=True).device.type == "meta"
+    assert copies.copies == {}
 
 
 # -- a tiny build of the official remote code ------------------------------------------------------------

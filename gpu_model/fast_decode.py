@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 ATTENTION_NAME = "ovis_fast_decode"
 #: Cache lengths are rounded up to this many positions, so nearby prompt lengths share a graph.
 LENGTH_BUCKET = 128
+#: Batches above this many rows are rounded up to a multiple of it (below, to a power of two).
+ROW_STEP = 16
 #: Most end-of-sequence ids a call may name (the graph reads them from a fixed buffer).
 MAX_EOS_IDS = 8
 #: Graph replays timed per decode-attention variant when the decoder picks one ("auto").
@@ -242,6 +244,12 @@ class _Arena:
         cache.value_cache = [self._view(v, rows, length) for v in self.values]
         return cache
 
+    def repeat_first(self, batch: int, rows: int, length: int) -> None:
+        """In a (rows, length) cache with its first `batch` rows filled, make each later row copy row 0."""
+        for flat in (*self.keys, *self.values):
+            view = self._view(flat, rows, length)
+            view[batch:].copy_(view[:1].expand(rows - batch, -1, -1, -1))
+
     def gather(self, rows: torch.Tensor, batch: int, length: int) -> None:
         """Move the given rows of a (batch, length) cache, in order, to the front: the first len(rows) rows
         are then the cache of that smaller batch of the same length."""
@@ -345,7 +353,7 @@ class GreedyDecoder:
             if not running:
                 break
             left = max(limits[order[k]] for k in running) - done
-            if self.compact and self._rows(len(running)) < slot.batch and left > self.check_every:
+            if self.compact and 2 * len(running) <= slot.batch and left > self.check_every:
                 slot = self._compacted(slot, running, order, out, new_tokens)
                 order = [order[k] for k in running]
         out[order] = slot.tokens[: len(order), :new_tokens]
@@ -390,8 +398,10 @@ class GreedyDecoder:
 
     # -- shapes -------------------------------------------------------------------------------------------
     def _rows(self, batch: int) -> int:
-        """Slot rows for a batch: the next power of two, so that few shapes (and graphs) occur."""
-        return min(self.max_batch, 1 << (batch - 1).bit_length())
+        """Slot rows for a batch: the next power of two up to 16, then the next multiple of 16, so that few
+        shapes (and graphs) occur and few padding rows decode."""
+        rows = 1 << (batch - 1).bit_length() if batch <= ROW_STEP else -(-batch // ROW_STEP) * ROW_STEP
+        return min(self.max_batch, rows)
 
     def _slot(self, rows: int, needed: int) -> _Slot:
         length = -(-needed // LENGTH_BUCKET) * LENGTH_BUCKET
@@ -442,34 +452,40 @@ class GreedyDecoder:
     ) -> None:
         batch, prompt_len, _ = embeds.shape
         rows = slot.batch
-        # Padding rows repeat row 0, so they run the same kernels on real data and are dropped at the end.
+        # Only the real rows are prefilled; the slot's padding rows then repeat row 0 (its cache too), so that
+        # they decode real data and are dropped at the end.
         fill = [0] * (rows - batch)
-        embeds = torch.cat([embeds, embeds[fill]]) if fill else embeds
-        mask = torch.cat([mask, mask[fill]]) if fill else mask
         mask = mask.to(self.device, torch.long)
         slot.mask.fill_(1)
-        slot.mask[:, :prompt_len].copy_(mask)
+        slot.mask[:batch, :prompt_len].copy_(mask)
         slot.limits.copy_(torch.tensor(limits + [limits[0]] * len(fill)))
         slot.eos.copy_(torch.tensor(eos + [-1] * (MAX_EOS_IDS - len(eos))))
         slot.pad.fill_(pad)
         positions = mask.cumsum(-1) - 1
         positions.masked_fill_(mask == 0, 1)
         extra = {self._logits_kw: 1} if self._logits_kw else {}
+        assert self._arena is not None
         out = self.model(
             inputs_embeds=embeds.to(self.device, self.dtype),
-            attention_mask=slot.mask,
+            attention_mask=slot.mask[:batch],
             position_ids=positions,
             cache_position=torch.arange(prompt_len, device=self.device),
-            past_key_values=slot.cache,
+            past_key_values=self._arena.cache(batch, slot.length) if fill else slot.cache,
             use_cache=True,
             **extra,
         )
+        logits = out.logits[:, -1, :]
+        if fill:
+            self._arena.repeat_first(batch, rows, slot.length)
+            slot.mask[batch:].copy_(slot.mask[:1].expand(len(fill), -1))
+            positions = torch.cat([positions, positions[fill]])
+            logits = torch.cat([logits, logits[fill]])
         slot.positions.copy_(positions[:, -1:])
         slot.cache_position.fill_(prompt_len - 1)
         slot.step.zero_()
         slot.finished.zero_()
         slot.tokens.fill_(pad)
-        self._advance(slot, out.logits[:, -1, :])
+        self._advance(slot, logits)
 
     def _step(self, slot: _Slot) -> None:
         out = self.model(

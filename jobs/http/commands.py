@@ -3,10 +3,19 @@ imported when `serve` runs, so that every other command starts without them."""
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from jobs.settings import get_settings
 from jobs.terminal import console, err, guard
+
+
+def _plain_uvicorn_record(record: logging.LogRecord) -> bool:
+    # Uvicorn attaches a terminal-coloured copy of some messages; the project's formats would print it.
+    record.__dict__.pop("color_message", None)
+    return True
+
 
 token_app = typer.Typer(help="Bearer tokens of the HTTP API.", no_args_is_help=True)
 
@@ -30,6 +39,7 @@ def serve(
     address = host or settings.api_host
     guard(lambda: check_bind(address, parse_tokens(settings.api_tokens)))
     configure_logging("INFO", settings.log_format)
+    logging.getLogger("uvicorn.error").addFilter(_plain_uvicorn_record)
     app = guard(lambda: create_app(settings))
     # log_config=None: uvicorn's records go through the project's log handler and format.
     uvicorn.run(app, host=address, port=port or settings.api_port, log_config=None)

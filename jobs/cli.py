@@ -1,4 +1,5 @@
-"""The producer commands of `ovis-batch`: submit, watch and manage jobs, export results, migrate the database.
+"""The producer commands of `ovis-batch`: submit, watch and manage jobs, export results, migrate the database,
+and serve the HTTP API and jobs page (`serve`, jobs/http) with its tokens (`token new`).
 
 The console script (workers.cli) composes them with the worker commands; nothing here imports workers or
 gpu_model, so a producer without the model stack runs every one of them.

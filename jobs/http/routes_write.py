@@ -20,6 +20,7 @@ from jobs.http.deps import client_of, job_id_of, job_status, settings_of
 from jobs.http.errors import ApiError
 from jobs.http.submission import JobRequest, check_output, check_request, inline_items, source_refusal
 from jobs.idempotency import KeyState
+from jobs.items import ItemSpec
 from jobs.settings import Settings
 from jobs.submit import new_job_id
 
@@ -62,7 +63,7 @@ def submit(
 def _submit_once(
     client: Client,
     request: JobRequest,
-    items: list[Any] | None,
+    items: list[ItemSpec] | None,
     settings: Settings,
     caller: Caller,
     key: str,
@@ -106,7 +107,7 @@ def _submit_once(
 
 
 def _submit(
-    client: Client, request: JobRequest, items: list[Any] | None, settings: Settings, job_id: str
+    client: Client, request: JobRequest, items: list[ItemSpec] | None, settings: Settings, job_id: str
 ) -> str:
     options: dict[str, Any] = {
         "params": request.params,

@@ -99,9 +99,19 @@ class YakSampler:
     """Text-to-image and editing over an Ovis-U1 visual generator ("Yak"), one item at a time."""
 
     def __init__(self, generator: Any) -> None:
-        self.generator = generator
+        # A weak reference: the samplers are kept per generator, and a value that held its key would keep
+        # every model ever loaded alive.
+        self._generator = weakref.ref(generator)
         #: The device copies of the tables the backbone's timestep embedding makes on the host.
         self._host_copies = HostCopies()
+
+    @property
+    def generator(self) -> Any:
+        """The visual generator sampled from."""
+        generator = self._generator()
+        if generator is None:
+            raise RuntimeError("the visual generator of this sampler is gone")
+        return generator
 
     def sample(
         self,

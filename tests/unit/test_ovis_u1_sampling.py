@@ -8,8 +8,10 @@ official remote code where that code has been fetched into .remote/ovis-u1 and t
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -118,6 +120,30 @@ def test_a_generator_without_the_parts_the_loop_needs_is_left_to_generate_img(st
         visual_generator = Partial()
 
     assert sampling.sampler_for(Model()) is None
+
+
+def test_a_sampler_does_not_keep_its_model_alive() -> None:
+    class Generator(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Linear(2, 2)
+            self.vae = torch.nn.Linear(2, 2)
+
+        def get_schedule(self) -> None: ...
+
+        def compute_vae_encodings(self) -> None: ...
+
+    class Model:
+        visual_generator = Generator()
+
+    sampler = sampling.sampler_for(Model())
+    assert sampler is not None
+    generator = weakref.ref(Model.visual_generator)
+    del Model
+    gc.collect()
+    assert generator() is None
+    with pytest.raises(RuntimeError, match="gone"):
+        _ = sampler.generator
 
 
 # -- host-made tables copied to the device once ------------------------------------------------------------

@@ -409,11 +409,11 @@ def _eager_step_kernels(backend: Any) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from gpu_model.fast_decode import _decode_attention_enabled
+    from gpu_model.decode_kernels import decode_attention_enabled
 
     decoder = backend._decoder
     slot = next(iter(decoder._slots.values()))
-    with torch.inference_mode(), _decode_attention_enabled(decoder.model, slot.variant or "sdpa"):
+    with torch.inference_mode(), decode_attention_enabled(decoder.model, slot.variant or "sdpa"):
         decoder._step(slot)  # warm
         _sync()
         activities = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]

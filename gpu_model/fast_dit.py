@@ -107,7 +107,7 @@ def compile_blocks(
     """Compile each block on its own ("regional" compilation): identical blocks share one compiled graph,
     so compile time stays a fraction of a whole-model compile. `dynamic=True` compiles once for every
     sequence length (prompt lengths vary per item). Returns how many blocks were wrapped."""
-    from gpu_model.fast_decode import tolerate_compile_failures
+    from gpu_model.decode_kernels import tolerate_compile_failures
 
     # A block that fails to compile runs eagerly (logged) rather than failing the item; repeated blocks may
     # each be guarded separately, so leave room for all of them.

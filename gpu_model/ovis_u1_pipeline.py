@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
+from gpu_model.decode_kernels import fuse_norms
 from gpu_model.errors import BackendError, BackendOutOfMemory
-from gpu_model.fast_decode import GreedyDecoder, fuse_norms
+from gpu_model.fast_decode import GreedyDecoder
 from gpu_model.fast_dit import GraphedCall, compile_blocks, compile_vae
 from gpu_model.ovis_u1 import (
     BLANK_COLOR,

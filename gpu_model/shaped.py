@@ -26,8 +26,9 @@ from PIL import Image
 from torch import nn
 
 from gpu_model.base import Backend, BackendInfo, BackendOptions
+from gpu_model.decode_kernels import fuse_norms
 from gpu_model.errors import BackendLoadError
-from gpu_model.fast_decode import GreedyDecoder, fuse_norms
+from gpu_model.fast_decode import GreedyDecoder
 from gpu_model.fast_dit import (
     ConditionCache,
     GraphedCall,

@@ -30,7 +30,7 @@ service=(
 # The model stack the Ovis-U1 remote code is pinned to (pyproject's `model` extra), shadowing the image's.
 model=(
     transformers==4.51.3 tokenizers==0.21.1 huggingface_hub==0.36.2 diffusers==0.31.0 accelerate==1.1.0
-    einops==0.6.1 importlib_metadata zipp
+    einops==0.8.1 importlib_metadata zipp
 )
 
 mkdir -p "$dest"

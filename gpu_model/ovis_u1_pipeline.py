@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
+from gpu_model.caption_stats import CaptionStats, CaptionTimer
 from gpu_model.decode_kernels import fuse_norms
 from gpu_model.errors import BackendError, BackendOutOfMemory
 from gpu_model.fast_decode import GreedyDecoder
@@ -133,6 +134,7 @@ class OvisU1Pipeline:
     ) -> None:
         self.model = model
         self.token_budget = token_budget
+        self.caption_stats = CaptionStats()
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.text_tokenizer = model.get_text_tokenizer()
@@ -238,7 +240,11 @@ class OvisU1Pipeline:
         grid_thws = torch.cat([grid for _, _, grid in rows]).to(device=vt_device)
         limits = [r.max_new_tokens for r in requests]
         fast = self.decoder is not None and not sampling.get("do_sample")
-        with self._fast_llm_generate(limits) if fast else contextlib.nullcontext():
+        timer = CaptionTimer(self.caption_stats, self.device)
+        with (
+            timer.call([prompt_tokens(row) for row in rows]),
+            self._fast_llm_generate(limits, timer) if fast else contextlib.nullcontext(),
+        ):
             output_ids = self.model.generate(
                 input_ids.to(self.device),
                 pixel_values=pixel_values,
@@ -253,7 +259,7 @@ class OvisU1Pipeline:
         return [self._decode(row, limit) for row, limit in zip(output_ids, limits, strict=True)]
 
     @contextlib.contextmanager
-    def _fast_llm_generate(self, limits: list[int]) -> Iterator[None]:
+    def _fast_llm_generate(self, limits: list[int], timer: CaptionTimer) -> Iterator[None]:
         """Let the model's own generate() merge text and image as it always does, then decode the merged
         embeddings with the fast greedy decoder instead of the LLM's stock loop."""
         llm, decoder = self.model.llm, self.decoder
@@ -262,6 +268,7 @@ class OvisU1Pipeline:
         def generate(
             inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any
         ) -> torch.Tensor:
+            timer.decoding()
             tokens = decoder.generate(
                 inputs_embeds,
                 attention_mask,

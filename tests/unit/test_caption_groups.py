@@ -86,3 +86,30 @@ def test_captions_split_by_budget_equal_one_call_and_batch_of_one(standin_dir: P
     finally:
         del backend.model.generate
     assert calls == [1] * len(requests)  # a budget of one token: every row alone
+
+
+def test_caption_calls_are_counted_with_their_split(standin_dir: Path, tmp_path: Path) -> None:
+    backend = OvisU1Backend(BackendOptions(model_path=str(standin_dir), device="cpu"), dtype="float32")
+    with isolated_modules_cache(tmp_path):
+        backend.load()
+    pipeline = OvisU1Pipeline(
+        backend.model, device="cpu", dtype_name="float32", fast_decode=True, token_budget=1
+    )
+    requests = [
+        CaptionRequest(image=Image.new("RGB", size, (90, 40, 200)), prompt="What?", max_new_tokens=4)
+        for size in [(150, 150), (40, 120), (80, 60)]
+    ]
+    pipeline.caption(requests)
+    stats = pipeline.caption_stats
+    rows = [pipeline._prepared(r) for r in requests]
+    assert (stats.calls, stats.rows) == (3, 3)  # a budget of one token: one call per row
+    assert stats.prompt_tokens == stats.padded_prompt_tokens == sum(prompt_tokens(r) for r in rows)
+    assert stats.merge_s > 0 and stats.decode_s > 0
+    assert set(stats.as_dict()) == {
+        "calls",
+        "rows",
+        "prompt_tokens",
+        "padded_prompt_tokens",
+        "merge_s",
+        "decode_s",
+    }

@@ -61,17 +61,21 @@ def gpu_details() -> dict[str, Any]:
 
 
 def provenance(given_sha: str | None) -> dict[str, Any]:
-    """raw_result's record of the run, the GPU in `machine`, the model stack in `versions`; on a copy of the
-    working tree without .git (a GPU host gets no history), the commit `--git-sha` gave."""
+    """raw_result's record of the run, the GPU in `machine`, the model stack in `versions`, and the commit
+    `--git-sha` gave when given: a copy of the working tree on a GPU host may carry no .git or a stale one, so
+    the caller's word wins (what the local .git said is kept beside it)."""
     meta = run_metadata(gpu_details())
     for name in MODEL_STACK:
         try:
             meta["versions"][name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    if meta["git_sha"] is None and given_sha:
-        meta["git_sha"] = given_sha
-        meta["git_sha_from"] = "--git-sha (the copy that ran has no .git)"
+    if given_sha:
+        local = {"git_sha": meta["git_sha"], "git_dirty": meta["git_dirty"]}
+        meta["git_sha"], meta["git_sha_from"] = given_sha, "--git-sha"
+        if local["git_sha"] is not None and not str(local["git_sha"]).startswith(given_sha):
+            meta["git_dirty"] = None  # against a .git the run did not come from: unknown
+            meta["local_git"] = local
     return {"bench": BENCH, **meta}
 
 

@@ -56,15 +56,26 @@ def test_without_git_the_commit_given_on_the_command_line_is_recorded(
     given = results_module.provenance("abc123")
     absent = results_module.provenance(None)
 
-    assert (given["git_sha"], given["git_sha_from"]) == (
-        "abc123",
-        "--git-sha (the copy that ran has no .git)",
-    )
+    assert (given["git_sha"], given["git_sha_from"]) == ("abc123", "--git-sha")
     assert absent["git_sha"] is None and "git_sha_from" not in absent
 
 
+def test_the_commit_given_wins_over_a_stale_git_in_the_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy on a GPU host may carry the .git of an older commit: the given commit is recorded, what the
+    local .git said is kept beside it, and dirtiness against that .git is not claimed."""
+    monkeypatch.setattr(raw_result, "_git_sha", lambda: "686dc443f293f553d60adaeea73913343728b9cb")
+    monkeypatch.setattr(raw_result, "_dirty", lambda: True)
+
+    meta = results_module.provenance("e1d8ca8")
+    same = results_module.provenance("686dc44")
+
+    assert (meta["git_sha"], meta["git_dirty"]) == ("e1d8ca8", None)
+    assert meta["local_git"] == {"git_sha": "686dc443f293f553d60adaeea73913343728b9cb", "git_dirty": True}
+    assert (same["git_sha"], same["git_dirty"]) == ("686dc44", True) and "local_git" not in same
+
+
 def test_in_the_checkout_the_commit_is_read_from_git() -> None:
-    meta = results_module.provenance("ignored")
+    meta = results_module.provenance(None)
 
     assert len(meta["git_sha"]) == 40 and "git_sha_from" not in meta and isinstance(meta["git_dirty"], bool)
     assert meta["bench"] == "gpu_throughput" and "gpu" in meta["machine"]

@@ -15,10 +15,11 @@ README (Python API) has the whole example.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, select, true
@@ -42,6 +43,8 @@ from jobs.webhook import check_notify_url
 SHORT_ID_CHARS = 8
 #: Candidates an ambiguous prefix names at most.
 CANDIDATES_SHOWN = 5
+#: What a job id or a prefix of one is made of (jobs.submit.new_job_id: 32 hex digits).
+_HEX_DIGITS = re.compile(r"[0-9a-f]*")
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,20 @@ class JobReport:
         return JobStatus(self.status).final
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form; times in ISO 8601 in UTC with their offset (`+00:00`), whatever the database."""
         values = asdict(self)
         for name in ("created_at", "started_at", "finished_at"):
-            values[name] = values[name].isoformat() if values[name] else None
+            values[name] = _utc_iso(values[name])
         values["notification"] = self.notification.as_dict() if self.notification else None
         return values
+
+
+def _utc_iso(moment: datetime | None) -> str | None:
+    """`moment` in ISO 8601 in UTC with its offset. SQLite gives times back without their zone: they were
+    written in UTC; PostgreSQL gives them in the session's zone, converted here."""
+    if moment is None:
+        return None
+    return (moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def _report(job: Job) -> JobReport:
@@ -203,9 +214,10 @@ class Client:
         )
 
     def _notify_url(self, given: str | None) -> str | None:
-        """The job's notification URL: the one given, else the settings' default; checked (http(s) only)."""
+        """The job's notification URL: the one given, else the settings' default; checked (http(s) only, a
+        host OVIS_BATCH_NOTIFY_ALLOWED_HOSTS allows)."""
         url = given if given is not None else self.settings.notify_url
-        return check_notify_url(url) if url.strip() else None
+        return check_notify_url(url, self.settings.notify_allowed_hosts) if url.strip() else None
 
     def status(self, job_id: str) -> JobReport:
         """The job's counters and state."""
@@ -220,6 +232,12 @@ class Client:
         (what the progress bar shows). JobNotFound when none matches; InvalidParameters, naming the
         candidates, when several do."""
         text = job_id.strip().lower()
+        if not _HEX_DIGITS.fullmatch(text):
+            # Refused before any query: a job id is hex digits, and PostgreSQL refuses a NUL in text.
+            raise InvalidParameters(
+                f"job id {job_id[:80]!r} is not a job id: give its hex digits (0-9, a-f), the whole id or at "
+                f"least its first {SHORT_ID_CHARS}"
+            )
         if len(text) < SHORT_ID_CHARS:
             raise InvalidParameters(
                 f"job id {job_id!r} is too short: give the whole id or at least its first {SHORT_ID_CHARS} "

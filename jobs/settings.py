@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     #: Where to POST a job's notification when it ends, unless its submission names another (`--notify-url`);
     #: empty: no notification. http or https only.
     notify_url: str = ""
+    #: Hosts a notification URL may name, each a host name (`hooks.example.com`) or `*.` and a domain
+    #: (`*.example.com`: any host under it, not the domain itself); empty: any host. The server POSTs to
+    #: the URL a submission names, so an API open to others should list its receivers here.
+    notify_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Key of the HMAC-SHA256 signature of each notification (`X-Ovis-Batch-Signature`); unset: unsigned.
     notify_secret: SecretStr | None = None
     #: Seconds one delivery attempt may take, connecting and answering.
@@ -133,7 +137,7 @@ class Settings(BaseSettings):
     #: Most items one `POST /v1/jobs` may carry inline; a larger job names a source (a manifest) instead.
     api_max_inline_items: int = Field(default=10_000, ge=1, le=1_000_000)
 
-    @field_validator("input_roots", "queues", "api_tokens", mode="before")
+    @field_validator("input_roots", "queues", "api_tokens", "notify_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

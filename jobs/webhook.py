@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -40,9 +42,11 @@ MAX_URL_CHARS = 2000
 
 
 # -- URLs --------------------------------------------------------------------------------------------------
-def check_notify_url(url: str) -> str:
+def check_notify_url(url: str, allowed_hosts: Sequence[str] = ()) -> str:
     """The URL stripped, or InvalidParameters: only http(s) URLs with a host, without credentials (sign with
-    OVIS_BATCH_NOTIFY_SECRET instead: the URL is stored on the job and shown by `status`)."""
+    OVIS_BATCH_NOTIFY_SECRET instead: the URL is stored on the job and shown by `status`), and, when
+    `allowed_hosts` (OVIS_BATCH_NOTIFY_ALLOWED_HOSTS) lists any, a host it allows: whoever may submit chooses
+    where the server POSTs, which must not be an address inside its network."""
     text = url.strip()
     try:
         parts = urlsplit(text)
@@ -61,7 +65,39 @@ def check_notify_url(url: str) -> str:
         )
     if len(text) > MAX_URL_CHARS or any(ord(char) < 33 for char in text):
         raise InvalidParameters(f"--notify-url must be at most {MAX_URL_CHARS} printable characters")
+    if allowed_hosts and not host_allowed(host, allowed_hosts):
+        raise InvalidParameters(
+            f"--notify-url host {host[:80]!r} is not one OVIS_BATCH_NOTIFY_ALLOWED_HOSTS allows "
+            f"({', '.join(allowed_hosts)})"
+        )
     return text
+
+
+def host_allowed(host: str, patterns: Sequence[str]) -> bool:
+    """Whether `host` is one of `patterns`: a host name equal to it, or `*.domain` for any host under that
+    domain (not the domain itself). Case and a final dot make no difference; an IP address matches only an
+    entry that is the same address."""
+    name = host.lower().rstrip(".")
+    address = _ip_address(name)
+    for pattern in patterns:
+        wanted = pattern.strip().lower().rstrip(".")
+        if address is not None:
+            if address == _ip_address(wanted.strip("[]")):
+                return True
+        elif wanted.startswith("*."):
+            domain = wanted[2:]
+            if domain and name.endswith("." + domain):
+                return True
+        elif wanted and name == wanted:
+            return True
+    return False
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def shown_url(url: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import Request
 
 from jobs.api import Client
+from jobs.errors import InvalidParameters
+from jobs.http.errors import ApiError
 from jobs.progress import report_json
 from jobs.settings import Settings
 
@@ -25,8 +27,12 @@ def settings_of(request: Request) -> Settings:
 
 
 def job_id_of(request: Request, job_id: str) -> str:
-    """The full id of the job a path names: the id, or a unique prefix of at least 8 characters."""
-    return client_of(request).resolve(job_id)
+    """The full id of the job a path names: the id, or a unique prefix of at least 8 characters; a 422
+    naming `job_id` for anything else (not hex digits, too short, ambiguous)."""
+    try:
+        return client_of(request).resolve(job_id)
+    except InvalidParameters as exc:
+        raise ApiError(422, exc.error_code, str(exc), field="job_id") from None
 
 
 def job_status(client: Client, job_id: str) -> dict[str, Any]:

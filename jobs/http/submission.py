@@ -93,7 +93,7 @@ def check_request(request: JobRequest, settings: Settings) -> None:
     _check_params(request.kind, request.params, settings)
     if request.notify_url is not None and request.notify_url.strip():
         try:
-            check_notify_url(request.notify_url)
+            check_notify_url(request.notify_url, settings.notify_allowed_hosts)
         except InvalidParameters as exc:
             raise refused(exc, "notify_url") from None
     roots = settings.allowed_input_roots

@@ -50,8 +50,20 @@ def test_a_unique_prefix_of_eight_characters_names_its_job(tmp_path: Path) -> No
         client.resolve("abcdef0")
     with pytest.raises(JobNotFound):
         client.resolve("ffffffff")
-    with pytest.raises(JobNotFound):
+    with pytest.raises(InvalidParameters, match="not a job id"):
         client.resolve("abcdef0%")
+
+
+@pytest.mark.parametrize(
+    "given", ["abcdef01\x00", "abcdef01\x000000", "abcdefgh", "abcdef0_", "abcdef01 1", "abcdef\u0661\u0662"]
+)
+def test_anything_but_hex_digits_is_refused_before_the_database_is_asked(tmp_path: Path, given: str) -> None:
+    client = Client(embedded_settings(tmp_path), KeptChunks())
+    _job_with_id(client, "abcdef01" + "0" * 24)
+
+    with pytest.raises(InvalidParameters, match="not a job id: give its hex digits") as refused:
+        client.resolve(given)
+    assert "\x00" not in str(refused.value), "the message shows a NUL escaped"
 
 
 def test_wait_returns_the_final_report_and_times_out_on_a_job_that_does_not_end(tmp_path: Path) -> None:

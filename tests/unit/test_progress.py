@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from rich.console import Console
 
 from jobs.api import JobReport
-from jobs.progress import RateMeter, eta_seconds, format_duration, overall_rate, parse_since, watch
+from jobs.progress import (
+    RateMeter,
+    eta_seconds,
+    format_duration,
+    overall_rate,
+    parse_since,
+    report_json,
+    watch,
+)
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -79,3 +87,16 @@ def test_watch_follows_the_job_until_it_ends() -> None:
     assert client.error_reads == 1  # read once, when the failed counter moved, not at every poll
     text = out.getvalue()
     assert "invalid_image" in text and "1000/1000" in text
+
+
+def test_status_json_writes_every_time_in_utc_with_its_offset() -> None:
+    naive = datetime(2026, 11, 28, 12, 0)  # as SQLite gives it back: written in UTC
+    paris = datetime(2026, 11, 28, 13, 30, tzinfo=timezone(timedelta(hours=1)))  # a session's zone
+    status = report_json(_report(created_at=naive, started_at=paris, finished_at=None), {})
+
+    assert (status["created_at"], status["started_at"], status["finished_at"]) == (
+        "2026-11-28T12:00:00+00:00",
+        "2026-11-28T12:30:00+00:00",
+        None,
+    )
+    assert datetime.fromisoformat(status["started_at"]) == paris

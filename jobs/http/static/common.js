@@ -123,9 +123,8 @@ export function rate(itemsPerSecond) {
 
 export function time(iso) {
   if (!iso) return "-";
-  // The database may hand back times without their zone (SQLite): they are UTC.
-  const zoned = /(Z|[+-]\d\d:?\d\d)$/.test(iso) ? iso : `${iso}Z`;
-  const moment = new Date(zoned);
+  // The API writes every time in ISO 8601 with its offset (+00:00), which Date reads as it is.
+  const moment = new Date(iso);
   return Number.isNaN(moment.getTime()) ? iso : moment.toLocaleString();
 }
 

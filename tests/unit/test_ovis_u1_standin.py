@@ -148,6 +148,20 @@ def test_generate_condition_concatenates_two_hidden_layers(raw_model: Any) -> No
     hidden = raw_model.config.llm_config.hidden_size
     assert set(cond) == {"txt"}
     assert cond["txt"].shape == (1, inputs["input_ids"].shape[1], 2 * hidden)
+    # the last hidden layer (after the final norm) first, then the one before, as the real code
+    merged = raw_model.merge_multimodal(
+        text_input_ids=inputs["input_ids"],
+        text_attention_masks=inputs["attention_mask"],
+        text_labels=None,
+        pixel_values=inputs["pixel_values"],
+        grid_thws=inputs["grid_thws"],
+        left_padding=True,
+    )
+    assert len(merged) == 5
+    states = raw_model.llm.model(inputs_embeds=merged[1], output_hidden_states=True).hidden_states
+    assert torch.equal(cond["txt"][..., :hidden], states[-1])
+    assert torch.equal(cond["txt"][..., hidden:], states[-2])
+    assert not torch.equal(states[-1], states[-2])
 
 
 def test_batched_generate_img_draws_the_batch_noise_from_one_generator(raw_model: Any) -> None:

@@ -154,6 +154,8 @@ COMMANDS = [
     "flower",
     "metrics",
     "demo",
+    "serve",
+    "token",
 ]
 
 
@@ -181,6 +183,7 @@ def test_one_console_script_lists_the_producer_and_the_worker_commands(tmp_path:
         ("submit", "caption generate edit"),
         ("run", "caption generate edit"),
         ("db", "upgrade downgrade"),
+        ("token", "new"),
     ):
         assert _commands(_cli(tmp_path, group, "--help", COLUMNS="200").stdout) == kinds.split()
 

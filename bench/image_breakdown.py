@@ -2,7 +2,8 @@
 (backbone) passes, the VAE encode (edits) and decode, and the rest (host work such as preprocessing and PIL
 conversions, the guidance arithmetic, copies, and the device waiting for the host).
 
-Each part is found by wrapping the model's own callable for the length of one item: `generate_condition`,
+Each part is found by wrapping its callable for the length of one item: the backend's condition pass
+(`gpu_model.ovis_u1_conditions.condition`, over the model's own merge and LLM, or its generate_condition),
 the generator backbone's `forward` (the CUDA-graph wrapper where the backend installed one), `vae.encode` and
 `vae.decode`. On a GPU a part's time is the span between CUDA events recorded around each call, read once the
 item is done (the host is not made to wait in between); elsewhere it is the host's clock.
@@ -11,13 +12,14 @@ item is done (the host is not made to wait in between); elsewhere it is the host
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 #: The parts timed, each as (what holds the callable, the callable's attribute name), from the model.
 PARTS: dict[str, Callable[[Any], tuple[Any, str]]] = {
-    "condition": lambda model: (model, "generate_condition"),
+    "condition": lambda model: (importlib.import_module("gpu_model.ovis_u1_conditions"), "condition"),
     "backbone": lambda model: (model.visual_generator.backbone, "forward"),
     "vae_encode": lambda model: (model.visual_generator.vae, "encode"),
     "vae_decode": lambda model: (model.visual_generator.vae, "decode"),

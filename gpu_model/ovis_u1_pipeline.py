@@ -18,18 +18,14 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
+from gpu_model import ovis_u1_conditions as conditions
+from gpu_model import ovis_u1_sampling as sampling
 from gpu_model.caption_stats import CaptionStats, CaptionTimer
 from gpu_model.decode_kernels import fuse_norms
 from gpu_model.errors import BackendError, BackendOutOfMemory
 from gpu_model.fast_decode import GreedyDecoder
 from gpu_model.fast_dit import GraphedCall, compile_blocks, compile_vae
-from gpu_model.ovis_u1 import (
-    BLANK_COLOR,
-    EDIT_PREFIX,
-    GENERATE_PREFIX,
-    GENERIC_PROMPT,
-    UNDERSTANDING_PREFIX,
-)
+from gpu_model.ovis_u1 import UNDERSTANDING_PREFIX
 from gpu_model.requests import CaptionRequest, EditRequest, GenerateRequest
 from gpu_model.tokenizer_lock import guard_tokenizer
 
@@ -302,9 +298,12 @@ class OvisU1Pipeline:
                 width, height = request.width, request.height
                 kwargs = self._image_kwargs(width, height, request.steps, request.seed, 0.0, request.txt_cfg)
                 no_both = self._no_both_condition(width, height, kwargs)
-                blank = Image.new("RGB", (width, height), BLANK_COLOR)
-                prompt = GENERATE_PREFIX + request.prompt
-                cond = self._condition(prompt, blank, width, height, kwargs, with_vae_pixels=True)
+                inputs = self._image_inputs(request)
+                # The model's generate_img VAE-encodes a text-to-image condition's pixels and never uses
+                # them; the project's loop does not read them: they cross to the device for the former only.
+                unread = sampling.sampler_for(self.model) is not None
+                vae_pixels = None if unread else inputs.vae_pixel_values
+                cond = self._condition(inputs.cond, kwargs, vae_pixel_values=vae_pixels)
                 images.append(self._sample(cond, no_both, None, kwargs, request.seed, (width, height)))
         return images
 
@@ -313,23 +312,31 @@ class OvisU1Pipeline:
         images = []
         with device_work("edit", len(requests)):
             for request in requests:
-                source = _to_rgb(request.image)
-                height, width = self.edit_size(source.width, source.height)
+                height, width = self.edit_size(*request.image.size)
                 kwargs = self._image_kwargs(
                     width, height, request.steps, request.seed, request.img_cfg, request.txt_cfg
                 )
                 no_both = self._no_both_condition(width, height, kwargs)
-                source = source.resize((width, height))
-                no_txt = self._condition(GENERIC_PROMPT, source, width, height, kwargs)
-                prompt = EDIT_PREFIX + request.instruction.strip()
-                cond = self._condition(prompt, source, width, height, kwargs, with_vae_pixels=True)
+                inputs = self._image_inputs(request)
+                assert inputs.no_txt is not None
+                no_txt = self._condition(inputs.no_txt, kwargs)
+                cond = self._condition(inputs.cond, kwargs, vae_pixel_values=inputs.vae_pixel_values)
                 images.append(self._sample(cond, no_both, no_txt, kwargs, request.seed, (width, height)))
         return images
 
     def edit_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) of an edit's output: the input's aspect, sides multiples of 32, ~1 MP at most."""
-        new_height, new_width = self.visual_tokenizer.smart_resize(height, width, factor=32)
-        return int(new_height), int(new_width)
+        return conditions.edit_size(self.visual_tokenizer, width, height)
+
+    def prepare_image(self, request: GenerateRequest | EditRequest) -> GenerateRequest | EditRequest:
+        """The request with its host work done ahead (on an I/O thread, off the model's); unchanged if that
+        fails, so that the batch does it and reports the error for this item alone."""
+        try:
+            inputs = conditions.image_inputs(self.model, request)
+        except Exception:
+            log.debug("image preprocessing failed ahead of the model", exc_info=True)
+            return request
+        return replace(request, prepared=inputs)
 
     def _image_kwargs(
         self, width: int, height: int, steps: int, seed: int, img_cfg: float, txt_cfg: float
@@ -349,53 +356,32 @@ class OvisU1Pipeline:
             "txt_cfg": txt_cfg,
         }
 
-    def _inputs(self, prompt: str, image: Image.Image, width: int, height: int) -> dict[str, Any]:
-        """The understanding-branch inputs of a generation condition, and the image's VAE pixels."""
-        model, vt = self.model, self.visual_tokenizer
-        image, vae_pixel_values, _ = model.visual_generator.process_image_aspectratio(image, (width, height))
-        # The condition sees the image at the understanding branch's smallest size (official flow).
-        small_h, small_w = vt.smart_resize(
-            image.height, image.width, max_pixels=vt.image_processor.min_pixels
-        )
-        image = image.resize((small_w, small_h))
-        _, input_ids, pixel_values, grid_thws = model.preprocess_inputs(
-            prompt,
-            [image],
-            generation_preface=None,
-            return_labels=False,
-            propagate_exception=False,
-            multimodal_type="single_image",
-            fix_sample_overall_length_navit=False,
-        )
-        return {
-            "input_ids": input_ids.unsqueeze(0).to(self.device),
-            "attention_mask": (input_ids != self.text_tokenizer.pad_token_id).unsqueeze(0).to(self.device),
-            "pixel_values": pixel_values.to(device=vt.device, dtype=self.dtype),
-            "grid_thws": grid_thws.to(device=vt.device),
-            "vae_pixel_values": vae_pixel_values.unsqueeze(0).to(self.device),
-        }
+    def _image_inputs(self, request: GenerateRequest | EditRequest) -> conditions.ImageInputs:
+        """The request's host work: done ahead on an I/O thread, else now."""
+        prepared = request.prepared
+        if isinstance(prepared, conditions.ImageInputs) and prepared.serves(request):
+            return prepared
+        return conditions.image_inputs(self.model, request)
 
     def _condition(
         self,
-        prompt: str,
-        image: Image.Image,
-        width: int,
-        height: int,
+        inputs: conditions.ConditionInputs,
         kwargs: dict[str, Any],
         *,
-        with_vae_pixels: bool = False,
+        vae_pixel_values: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """generate_condition() of one prompt and image; the full condition also carries the VAE pixels."""
-        inputs = self._inputs(prompt, image, width, height)
-        cond: dict[str, Any] = self.model.generate_condition(
-            inputs["input_ids"],
-            pixel_values=inputs["pixel_values"],
-            attention_mask=inputs["attention_mask"],
-            grid_thws=inputs["grid_thws"],
+        """One condition on the device (ovis_u1_conditions); the full one also carries the VAE pixels."""
+        input_ids, vt_device = inputs.input_ids, self.visual_tokenizer.device
+        cond = conditions.condition(
+            self.model,
+            input_ids.unsqueeze(0).to(self.device),
+            attention_mask=(input_ids != self.text_tokenizer.pad_token_id).unsqueeze(0).to(self.device),
+            pixel_values=inputs.pixel_values.to(device=vt_device, dtype=self.dtype),
+            grid_thws=inputs.grid_thws.to(device=vt_device),
             **kwargs,
         )
-        if with_vae_pixels:
-            cond["vae_pixel_values"] = inputs["vae_pixel_values"]
+        if vae_pixel_values is not None:
+            cond["vae_pixel_values"] = vae_pixel_values.unsqueeze(0).to(self.device)
         return cond
 
     def _no_both_condition(self, width: int, height: int, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -404,8 +390,7 @@ class OvisU1Pipeline:
         if key in self._no_both:
             self._no_both.move_to_end(key)
             return self._no_both[key]
-        blank = Image.new("RGB", (width, height), BLANK_COLOR)
-        cond = self._condition(GENERIC_PROMPT, blank, width, height, kwargs)
+        cond = self._condition(conditions.unconditional_inputs(self.model, width, height), kwargs)
         self._no_both[key] = cond
         if len(self._no_both) > NO_BOTH_CACHE_SIZES:
             self._no_both.popitem(last=False)

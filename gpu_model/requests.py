@@ -34,6 +34,8 @@ class GenerateRequest:
     steps: int
     seed: int
     txt_cfg: float
+    #: The backend's own host work for this request, done ahead (see `Backend.prepare`), or None.
+    prepared: object | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class EditRequest:
     seed: int
     img_cfg: float
     txt_cfg: float
+    #: The backend's own host work for this request, done ahead (see `Backend.prepare`), or None.
+    prepared: object | None = None
 
 
 #: Any one request.

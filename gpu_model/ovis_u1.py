@@ -237,10 +237,21 @@ class OvisU1Backend(Backend):
             )
 
     def prepare(self, request: Request) -> Request:
-        """A caption's prompt tokenized and its image preprocessed ahead of the model, on an I/O thread."""
-        if isinstance(request, CaptionRequest) and self._pipeline is not None:
+        """A request's host work ahead of the model, on an I/O thread: a caption's prompt tokenized and image
+        preprocessed; a generate or edit request's images (the blank or resized source, its VAE pixels) and
+        the inputs of its conditions. Unchanged where that fails: the batch does it and reports the error."""
+        if self._pipeline is None:
+            return request
+        if isinstance(request, CaptionRequest):
             return self._pipeline.prepare_caption(request)
-        return request
+        try:  # nothing is made for a request the batch will refuse (a blank 100,000 px wide, say)
+            if isinstance(request, GenerateRequest):
+                validate_generate(request)
+            else:
+                validate_edit(request)
+        except InvalidRequest:
+            return request
+        return self._pipeline.prepare_image(request)
 
     def caption(self, requests: list[CaptionRequest]) -> list[str]:
         """Greedy rows in one generate() call, sampled rows one by one with their own seed."""

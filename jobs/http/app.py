@@ -24,7 +24,7 @@ from jobs import errors
 from jobs.api import Client
 from jobs.dispatch import Dispatcher
 from jobs.http.auth import Caller, parse_tokens, require_read
-from jobs.http.errors import ApiError, error_body
+from jobs.http.errors import ApiError, error_body, error_responses
 from jobs.settings import Settings
 from jobs.version import package_version
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings, *, dispatcher: Dispatcher | None = None) -> F
     app.state.tokens = parse_tokens(settings.api_tokens)
     app.state.client = Client(settings, dispatcher)
     _add_error_handlers(app)
-    app.get("/v1/whoami", tags=["auth"])(whoami)
+    app.get("/v1/whoami", tags=["auth"], responses=error_responses(401))(whoami)
 
     from jobs.http import page, routes_read, routes_write
 

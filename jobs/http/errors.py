@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 
 class ApiError(Exception):
     """A refusal with its HTTP status and the error body's parts."""
@@ -33,3 +35,51 @@ def error_body(
 ) -> dict[str, Any]:
     """`{"error": {"code", "message", "field", "line"}}`: what every error answer of the API holds."""
     return {"error": {"code": code, "message": message, "field": field, "line": line}}
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, as the CLI says it too."""
+
+    code: str = Field(description="Stable error code: invalid_parameters, job_not_found, unauthorized, ...")
+    message: str = Field(description="What was refused and why, for a person.")
+    field: str | None = Field(description="The request's field at fault (dotted: `items.3.prompt`), or null.")
+    line: int | None = Field(description="The source's line or row, or an inline item's index, or null.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every answer that is not a 2xx."""
+
+    error: ErrorDetail
+
+
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
+}
+#: What each refusal means, as the OpenAPI document lists it.
+_REFUSALS: dict[int, dict[str, Any]] = {
+    401: {
+        "description": "No bearer token, or one that is not valid (unauthorized).",
+        "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    },
+    403: {"description": "The token lacks the scope the endpoint needs (forbidden)."},
+    404: {"description": "No such job (job_not_found), item or output file."},
+    409: {
+        "description": "The first request with this Idempotency-Key is still submitting "
+        "(idempotency_in_progress): send it again in a moment.",
+        "headers": _RETRY_AFTER,
+    },
+    422: {
+        "description": "A refused request, naming its field (and line): invalid_parameters, invalid_source, "
+        "input_not_allowed, idempotency_key_reused, ..."
+    },
+    503: {
+        "description": "The database, the broker or storage does not answer: try again later.",
+        "headers": _RETRY_AFTER,
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route or router for these refusals, each with the error body's schema (a 422
+    listed here replaces FastAPI's own validation error schema, which the API never answers with)."""
+    return {status: {"model": ErrorBody, **_REFUSALS[status]} for status in statuses}

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 import sqlalchemy.exc
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from jobs.api import Client
@@ -27,7 +28,7 @@ from jobs.export_rows import ExtraColumns
 from jobs.http import outputs
 from jobs.http.auth import Caller, require_read
 from jobs.http.deps import client_of, job_id_of, job_status, settings_of
-from jobs.http.errors import ApiError
+from jobs.http.errors import ApiError, error_responses
 from jobs.item_pages import failed_items, results_range
 from jobs.lifecycle import ItemStatus, JobKind, JobStatus
 from jobs.progress import parse_since, report_json
@@ -49,6 +50,16 @@ ROWS_PER_WRITE = 500
 NDJSON = "application/x-ndjson"
 #: Seconds a client may keep an output or thumbnail: a succeeded item's output never changes.
 OUTPUT_MAX_AGE_S = 3600
+#: The refusals of an endpoint about one job, and of the list.
+JOB_REFUSALS = error_responses(401, 404, 422, 503)
+LIST_REFUSALS = error_responses(401, 422, 503)
+
+
+class Health(BaseModel):
+    """`GET /v1/health`: whether the API and its database answer."""
+
+    status: str = Field(description="`ok`, or `unavailable` when the database does not answer.")
+    database: str = Field(description="`ok` or `down`.")
 
 
 def _states(values: Sequence[str], known: type[ItemStatus] | type[JobStatus], field: str) -> list[str]:
@@ -73,7 +84,12 @@ def _text(value: str, field: str) -> str:
     return value
 
 
-@router.get("/health", tags=["health"])
+@router.get(
+    "/health",
+    tags=["health"],
+    response_model=Health,
+    responses={503: {"model": Health, "description": "The database does not answer (Retry-After)."}},
+)
 def health(settings: Settings = Depends(settings_of)) -> JSONResponse:
     """Whether the API and its database answer: 200 when both do, 503 when the database does not."""
     try:
@@ -86,7 +102,7 @@ def health(settings: Settings = Depends(settings_of)) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=LIST_REFUSALS)
 def list_jobs(
     _: Caller = Depends(require_read),
     client: Client = Depends(client_of),
@@ -117,7 +133,7 @@ def list_jobs(
     return {"jobs": jobs}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=JOB_REFUSALS)
 def get_job(
     _: Caller = Depends(require_read),
     job_id: str = Depends(job_id_of),
@@ -128,7 +144,7 @@ def get_job(
     return job_status(client, job_id)
 
 
-@router.get("/jobs/{job_id}/failures")
+@router.get("/jobs/{job_id}/failures", responses=JOB_REFUSALS)
 def get_failures(
     _: Caller = Depends(require_read),
     job_id: str = Depends(job_id_of),
@@ -147,7 +163,10 @@ def get_failures(
 @router.get(
     "/jobs/{job_id}/results",
     response_class=StreamingResponse,
-    responses={200: {"content": {NDJSON: {}}, "description": "One results.jsonl row per line."}},
+    responses={
+        200: {"content": {NDJSON: {}}, "description": "One results.jsonl row per line."},
+        **JOB_REFUSALS,
+    },
 )
 def get_results(
     _: Caller = Depends(require_read),
@@ -197,7 +216,7 @@ def _ndjson(rows: Iterator[dict[str, Any]]) -> Iterator[bytes]:
 @router.get(
     "/jobs/{job_id}/items/{item_id:path}/output",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **JOB_REFUSALS},
 )
 def get_output(
     item_id: str,

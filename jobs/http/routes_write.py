@@ -17,14 +17,14 @@ from jobs.api import Client
 from jobs.errors import BadInput
 from jobs.http.auth import Caller, require_submit
 from jobs.http.deps import client_of, job_id_of, job_status, settings_of
-from jobs.http.errors import ApiError
+from jobs.http.errors import ApiError, error_responses
 from jobs.http.submission import JobRequest, check_output, check_request, inline_items, source_refusal
 from jobs.idempotency import KeyState
 from jobs.items import ItemSpec
 from jobs.settings import Settings
 from jobs.submit import new_job_id
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 403, 422, 503))
 
 #: An Idempotency-Key: 1 to 200 printable ASCII characters.
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
@@ -38,7 +38,7 @@ IdempotencyKeyHeader = Header(
 )
 
 
-@router.post("/jobs", status_code=201)
+@router.post("/jobs", status_code=201, responses=error_responses(409))
 def submit(
     response: Response,
     request: JobRequest,
@@ -144,7 +144,7 @@ class ResumeRequest(BaseModel):
     release_running: bool = False
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=error_responses(404))
 def cancel_job(
     _: Caller = Depends(require_submit),
     job_id: str = Depends(job_id_of),
@@ -156,7 +156,7 @@ def cancel_job(
     return job_status(client, job_id)
 
 
-@router.post("/jobs/{job_id}/retry")
+@router.post("/jobs/{job_id}/retry", responses=error_responses(404))
 def retry_job(
     _: Caller = Depends(require_submit),
     body: RetryRequest | None = Body(None),
@@ -169,7 +169,7 @@ def retry_job(
     return {"requeued": requeued, "job": job_status(client, job_id)}
 
 
-@router.post("/jobs/{job_id}/resume")
+@router.post("/jobs/{job_id}/resume", responses=error_responses(404))
 def resume_job(
     _: Caller = Depends(require_submit),
     body: ResumeRequest | None = Body(None),

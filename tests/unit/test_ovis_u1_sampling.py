@@ -7,10 +7,7 @@ official remote code where that code has been fetched into .remote/ovis-u1 and t
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import sys
 import weakref
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,27 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gpu_model import BackendOptions, EditRequest, GenerateRequest
 from gpu_model import ovis_u1_sampling as sampling
 from gpu_model.ovis_u1 import OvisU1Backend
-from tests.bench_scripts import ROOT, load_bench_script
+from tests.fixtures.ovis_u1_real_code import built, needs_remote_code, real_code_backend
 from tests.fixtures.ovis_u1_standin.build import build_standin, isolated_modules_cache
 from tests.helpers import sample_photo
-
-REMOTE_CODE = Path(os.environ.get("OVIS_BENCH_REMOTE_CODE", ROOT / ".remote" / "ovis-u1"))
-
-builder = load_bench_script("build_ovis_u1_model")
-
-
-def _torchvision_imports() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # a torchvision built for another torch fails with RuntimeError, not ImportError
-        return False
-    return True
-
-
-needs_remote_code = pytest.mark.skipif(
-    not all((REMOTE_CODE / name).is_file() for name in builder.REMOTE_CODE) or not _torchvision_imports(),
-    reason=f"needs the official remote code in {REMOTE_CODE} (bench/README.md) and torchvision",
-)
 
 REQUESTS: list[Any] = [
     GenerateRequest("a red fox in the snow", 128, 96, 3, seed=1, txt_cfg=5.0),
@@ -196,36 +175,15 @@ def test_host_copies_leave_other_conversions_alone() -> None:
 # -- a tiny build of the official remote code ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_code_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny random-weight model directory built from the official files, with flash-attn's SDPA stand-in
-    importable while the module's tests run."""
-    out = tmp_path_factory.mktemp("ovis-u1-tiny") / "model"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "path", list(sys.path))
-        patch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        builder.build(
-            out, REMOTE_CODE, tiny=True, device="cpu", seed=0, tokenizer_cache=out.parent / "unused"
-        )
-        builder.ensure_flash_attn()
-        yield out
-    for name in [name for name in sys.modules if name == "flash_attn" or name.startswith("flash_attn.")]:
-        del sys.modules[name]
-
-
-@contextlib.contextmanager
-def _real_code_backend(directory: Path, modules: Path, device: str, dtype: str) -> Iterator[OvisU1Backend]:
-    """Loaded from `directory`; its remote code stays importable (it imports lazily) until the block ends."""
-    backend = OvisU1Backend(BackendOptions(model_path=str(directory), device=device), dtype=dtype)
-    with isolated_modules_cache(modules):
-        backend.load()
-        yield backend
+    with built(tmp_path_factory.mktemp("ovis-u1-tiny") / "model") as directory:
+        yield directory
 
 
 @needs_remote_code
 def test_the_project_loop_gives_the_official_images_on_the_real_code(
     real_code_dir: Path, tmp_path: Path
 ) -> None:
-    with _real_code_backend(real_code_dir, tmp_path / "modules", "cpu", "float32") as backend:
+    with real_code_backend(real_code_dir, tmp_path / "modules", "cpu", "float32") as backend:
         assert type(backend.model.visual_generator).__name__ == "YakModel"
         _assert_same_images(backend)
 
@@ -235,7 +193,7 @@ def test_the_project_loop_gives_the_official_images_on_the_real_code(
 def test_on_a_gpu_the_real_code_s_passes_are_replayed_from_cuda_graphs(
     real_code_dir: Path, tmp_path: Path
 ) -> None:
-    with _real_code_backend(real_code_dir, tmp_path / "modules", "cuda", "bfloat16") as backend:
+    with real_code_backend(real_code_dir, tmp_path / "modules", "cuda", "bfloat16") as backend:
         pipeline = backend._pipeline
         assert pipeline is not None and pipeline.dit_graphs is not None
         graphs = pipeline.dit_graphs

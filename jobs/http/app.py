@@ -9,7 +9,9 @@ traceback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import kombu.exceptions
@@ -24,7 +26,8 @@ from jobs import errors
 from jobs.api import Client
 from jobs.dispatch import Dispatcher
 from jobs.http.auth import Caller, parse_tokens, require_read
-from jobs.http.errors import ApiError, error_body, error_responses
+from jobs.http.errors import ApiError, database_refusal, error_body, error_responses
+from jobs.http.sources import ProcessSubmitter, SourceSubmitter, ThreadSubmitter
 from jobs.settings import Settings
 from jobs.version import package_version
 
@@ -42,10 +45,14 @@ answers `{"error": {"code", "message", "field", "line"}}`."""
 
 def create_app(settings: Settings, *, dispatcher: Dispatcher | None = None) -> FastAPI:
     """The API for `settings`; chunks go to `dispatcher` (default: Celery, as the CLI sends them)."""
-    app = FastAPI(title="ovis-batch", version=package_version(), description=DESCRIPTION)
+    app = FastAPI(title="ovis-batch", version=package_version(), description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.tokens = parse_tokens(settings.api_tokens)
     app.state.client = Client(settings, dispatcher)
+    # Sources are read in child processes, which build their own dispatcher: one given here lives in this
+    # process, so its submissions stay here too.
+    sources = ProcessSubmitter(settings) if dispatcher is None else ThreadSubmitter(app.state.client)
+    app.state.sources = sources
     _add_error_handlers(app)
     app.get("/v1/whoami", tags=["auth"], responses=error_responses(401))(whoami)
 
@@ -55,6 +62,13 @@ def create_app(settings: Settings, *, dispatcher: Dispatcher | None = None) -> F
     app.include_router(routes_read.router)
     app.include_router(page.router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    sources: SourceSubmitter = app.state.sources
+    await asyncio.to_thread(sources.close)  # waits for submissions in progress
 
 
 def whoami(caller: Caller = Depends(require_read)) -> dict[str, Any]:
@@ -112,18 +126,6 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return _answer(422, errors.InvalidParameters.error_code, message, field=field, line=line)
 
 
-def _missing_schema(exc: sqlalchemy.exc.DBAPIError) -> bool:
-    return type(exc.orig).__name__ == "UndefinedTable" or "no such table" in str(exc.orig)
-
-
-def _database_error(exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
-    if _missing_schema(exc):
-        message = "the database has no ovis-batch tables yet: run `ovis-batch db upgrade`"
-    else:
-        message = "the database does not answer: " + (str(exc.orig).strip().splitlines() or [""])[0]
-    return _unavailable(errors.DatabaseUnavailable.error_code, message)
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -147,9 +149,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def database_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, sqlalchemy.exc.DBAPIError)
-        if isinstance(exc, sqlalchemy.exc.ProgrammingError) and not _missing_schema(exc):
+        refusal = database_refusal(exc)
+        if refusal is None:
             raise exc  # a bug: the 500 below
-        return _database_error(exc)
+        return _unavailable(refusal.error_code, str(refusal))
 
     async def broker_error(_: Request, exc: Exception) -> JSONResponse:
         reason = (str(exc).strip().splitlines() or [""])[0]

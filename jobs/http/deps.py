@@ -10,6 +10,7 @@ from fastapi import Request
 from jobs.api import Client
 from jobs.errors import InvalidParameters
 from jobs.http.errors import ApiError
+from jobs.http.sources import SourceSubmitter
 from jobs.progress import report_json
 from jobs.settings import Settings
 
@@ -18,6 +19,12 @@ def client_of(request: Request) -> Client:
     """The app's Client (one per app: its database engine and broker connections are pooled)."""
     client: Client = request.app.state.client
     return client
+
+
+def sources_of(request: Request) -> SourceSubmitter:
+    """Where the app submits sources: its pool of child processes (jobs/http/sources.py)."""
+    sources: SourceSubmitter = request.app.state.sources
+    return sources
 
 
 def settings_of(request: Request) -> Settings:

@@ -1,11 +1,14 @@
-"""Errors of the HTTP layer itself (authentication, request refusals that name a field or a line) and the one
-shape of every error body the API answers with."""
+"""Errors of the HTTP layer itself (authentication, request refusals that name a field or a line), what a
+database error tells a client, and the one shape of every error body the API answers with."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy.exc
 from pydantic import BaseModel, Field
+
+from jobs.errors import DatabaseUnavailable
 
 
 class ApiError(Exception):
@@ -35,6 +38,17 @@ def error_body(
 ) -> dict[str, Any]:
     """`{"error": {"code", "message", "field", "line"}}`: what every error answer of the API holds."""
     return {"error": {"code": code, "message": message, "field": field, "line": line}}
+
+
+def database_refusal(exc: sqlalchemy.exc.DBAPIError) -> DatabaseUnavailable | None:
+    """What a database error tells a client: the database does not answer, or has no tables yet (both
+    503s); None for any other error, which is a bug (a 500)."""
+    if type(exc.orig).__name__ == "UndefinedTable" or "no such table" in str(exc.orig):
+        return DatabaseUnavailable("the database has no ovis-batch tables yet: run `ovis-batch db upgrade`")
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        reason = (str(exc.orig).strip().splitlines() or [""])[0]
+        return DatabaseUnavailable(f"the database does not answer: {reason}")
+    return None
 
 
 class ErrorDetail(BaseModel):

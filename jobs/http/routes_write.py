@@ -1,7 +1,8 @@
 """The endpoints that change jobs (scope submit): submit, cancel, retry failed items, resume.
 
-They are plain functions, which FastAPI runs on its thread pool: a submission reading a large source for
-seconds keeps one thread busy while the server goes on answering every other request.
+They are plain functions, which FastAPI runs on its thread pool. A submission from a source reads it in a
+child process (jobs/http/sources.py), its thread waiting for the outcome, so that a source of a million items
+takes no interpreter time from the requests answered meanwhile.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from jobs import idempotency
 from jobs.api import Client
 from jobs.errors import BadInput
 from jobs.http.auth import Caller, require_submit
-from jobs.http.deps import client_of, job_id_of, job_status, settings_of
+from jobs.http.deps import client_of, job_id_of, job_status, settings_of, sources_of
 from jobs.http.errors import ApiError, error_responses
+from jobs.http.sources import SourceSubmission, SourceSubmitter
 from jobs.http.submission import JobRequest, check_output, check_request, inline_items, source_refusal
 from jobs.idempotency import KeyState
 from jobs.items import ItemSpec
@@ -45,6 +47,7 @@ def submit(
     caller: Caller = Depends(require_submit),
     idempotency_key: str | None = IdempotencyKeyHeader,
     client: Client = Depends(client_of),
+    sources: SourceSubmitter = Depends(sources_of),
     settings: Settings = Depends(settings_of),
 ) -> dict[str, Any]:
     """Submit a job from a source (`input`) or from items given inline (`items`); answers the job's status
@@ -53,15 +56,16 @@ def submit(
     check_request(request, settings)
     items = inline_items(request, settings) if request.items is not None else None
     if idempotency_key is None:
-        job_id = _submit(client, request, items, settings, new_job_id())
+        job_id = _submit(client, sources, request, items, settings, new_job_id())
     else:
-        job_id = _submit_once(client, request, items, settings, caller, idempotency_key, response)
+        job_id = _submit_once(client, sources, request, items, settings, caller, idempotency_key, response)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return job_status(client, job_id)
 
 
 def _submit_once(
     client: Client,
+    sources: SourceSubmitter,
     request: JobRequest,
     items: list[ItemSpec] | None,
     settings: Settings,
@@ -100,28 +104,46 @@ def _submit_once(
         response.headers["Idempotent-Replayed"] = "true"
         return claim.job_id
     try:
-        return _submit(client, request, items, settings, claim.job_id)
+        return _submit(client, sources, request, items, settings, claim.job_id)
     except BaseException:
         idempotency.release(url, owner=owner, key=key, job_id=claim.job_id)
         raise
 
 
 def _submit(
-    client: Client, request: JobRequest, items: list[ItemSpec] | None, settings: Settings, job_id: str
+    client: Client,
+    sources: SourceSubmitter,
+    request: JobRequest,
+    items: list[ItemSpec] | None,
+    settings: Settings,
+    job_id: str,
 ) -> str:
-    options: dict[str, Any] = {
-        "params": request.params,
-        "priority": request.priority,
-        "output_url": check_output(request.output, settings) if request.output is not None else None,
-        "skip_existing": request.skip_existing,
-        "notify_url": request.notify_url,
-        "job_id": job_id,
-    }
+    output_url = check_output(request.output, settings) if request.output is not None else None
     if items is not None:
-        return client.submit_items(request.kind, items, source="(inline)", **options)
+        return client.submit_items(
+            request.kind,
+            items,
+            source="(inline)",
+            params=request.params,
+            priority=request.priority,
+            output_url=output_url,
+            skip_existing=request.skip_existing,
+            notify_url=request.notify_url,
+            job_id=job_id,
+        )
     assert request.input is not None
+    submission = SourceSubmission(
+        kind=request.kind,
+        source=request.input,
+        job_id=job_id,
+        params=request.params,
+        priority=request.priority,
+        output_url=output_url,
+        skip_existing=request.skip_existing,
+        notify_url=request.notify_url,
+    )
     try:
-        return client.submit(request.kind, request.input, **options)
+        return sources.submit(submission)  # in a child process of the server (jobs/http/sources.py)
     except BadInput as exc:  # the job-wide fields were checked: what is left is in the source
         raise source_refusal(exc) from None
 

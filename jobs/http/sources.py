@@ -35,7 +35,7 @@ import storage
 from jobs import errors
 from jobs.api import Client
 from jobs.db import session_scope
-from jobs.http.errors import database_refusal
+from jobs.http.errors import ApiError, database_refusal
 from jobs.lifecycle import JobKind
 from jobs.logs import configure_logging
 from jobs.models import Job
@@ -144,7 +144,12 @@ class ProcessSubmitter:
     def _started(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
-                raise SubmissionFailed("the server is stopping: it takes no more submissions")
+                raise ApiError(
+                    503,
+                    "server_stopping",
+                    "the server is stopping: send the submission again in a moment",
+                    headers={"Retry-After": "5"},
+                )
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.processes,

@@ -22,6 +22,7 @@ from jobs import errors
 from jobs.api import Client
 from jobs.db import session_scope
 from jobs.http.app import create_app
+from jobs.http.errors import ApiError
 from jobs.http.sources import ProcessSubmitter, SourceSubmission, SubmissionFailed, ThreadSubmitter
 from jobs.lifecycle import JobKind
 from jobs.models import IdempotencyKey
@@ -170,8 +171,9 @@ def test_a_closed_pool_takes_no_more_submissions(home: Settings) -> None:
     assert submitter.submit(submission) == submission.job_id
     submitter.close()
 
-    with pytest.raises(SubmissionFailed, match="stopping"):
+    with pytest.raises(ApiError, match="stopping") as refused:
         submitter.submit(SourceSubmission(JobKind.GENERATE, source, job_id=new_job_id()))
+    assert (refused.value.status, refused.value.headers) == (503, {"Retry-After": "5"})
 
 
 def test_both_submitters_make_the_same_job(home: Settings) -> None:

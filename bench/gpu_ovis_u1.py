@@ -419,6 +419,14 @@ def model_run(plan: RealPlan, inputs: Inputs, results: dict[str, Any], run_file:
         log(f"model caption: {results['tasks']['caption']['model']}")
         run_file.write(results)
         if plan.left() > 60:
+            from image_breakdown import caption_breakdown
+
+            first = batches[0]
+            breakdown = caption_breakdown(backend, lambda: backend.caption(first), device)
+            results["tasks"]["caption"]["breakdown"] = {"items": len(first), **breakdown}
+            log(f"model caption breakdown: {results['tasks']['caption']['breakdown']}")
+            run_file.write(results)
+        if plan.left() > 60:
             # The same photos with the model's own resize capped at 448x448 pixels (--max-pixels).
             capped = [replace(r, max_pixels=MIN_CAPTION_MAX_PIXELS, prepared=None) for r in requests]
             with ThreadPoolExecutor(16) as pool:

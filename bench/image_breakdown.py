@@ -1,6 +1,7 @@
 """Where one image's time goes through the `ovis-u1` backend: the condition passes through the LLM, the DiT
 (backbone) passes, the VAE encode (edits) and decode, and the rest (host work such as preprocessing and PIL
-conversions, the guidance arithmetic, copies, and the device waiting for the host).
+conversions, the guidance arithmetic, copies, and the device waiting for the host); and where one caption
+micro-batch's goes: the visual tokenizer, the multimodal merge, the decoder's prefill, steps and captures.
 
 Each part is found by wrapping its callable for the length of one item: the backend's condition pass
 (`gpu_model.ovis_u1_conditions.condition`, over the model's own merge and LLM, or its generate_condition),
@@ -23,6 +24,18 @@ PARTS: dict[str, Callable[[Any], tuple[Any, str]]] = {
     "backbone": lambda model: (model.visual_generator.backbone, "forward"),
     "vae_encode": lambda model: (model.visual_generator.vae, "encode"),
     "vae_decode": lambda model: (model.visual_generator.vae, "decode"),
+}
+
+
+#: The parts of a greedy caption call: the visual tokenizer (vision tower and its head), the model's
+#: multimodal merge (which runs the visual tokenizer inside it), the decoder's prefill and its whole run
+#: (prefill and every step), and the decode graphs it captured for new shapes.
+CAPTION_PARTS: dict[str, Callable[[Any, Any], tuple[Any, str]]] = {
+    "visual_tokenizer": lambda model, decoder: (model.visual_tokenizer, "forward"),
+    "merge_multimodal": lambda model, decoder: (model, "merge_multimodal"),
+    "prefill": lambda model, decoder: (decoder, "_prefill"),
+    "decoder": lambda model, decoder: (decoder, "generate"),
+    "graph_capture": lambda model, decoder: (decoder, "_capture_fastest"),
 }
 
 
@@ -111,5 +124,45 @@ def image_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[s
             "captures": graphs.captures - before[0],
             "replays": graphs.replays - before[1],
             "capture_s": round(graphs.capture_s - before[2], 4),
+        }
+    return result
+
+
+def caption_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[str, Any]:
+    """Run one caption micro-batch (`run`) through the loaded backend and say where its seconds went
+    (parts that nest are each timed whole: the merge holds the visual tokenizer, the decoder the prefill)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    model, decoder = backend.model, getattr(backend._pipeline, "decoder", None)
+    parts = {
+        part: where
+        for part, where in CAPTION_PARTS.items()
+        if decoder is not None or part not in ("prefill", "decoder", "graph_capture")
+    }
+    spans = {part: Spans(cuda) for part in parts}
+    with contextlib.ExitStack() as stack:
+        for part, where in parts.items():
+            owner, name = where(model, decoder)
+            if hasattr(owner, name):
+                stack.enter_context(timed(owner, name, spans[part]))
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        total = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "what": "one more caption micro-batch through the backend; each part timed "
+        + ("on the GPU between CUDA events around each call" if cuda else "by the host's clock")
+        + "; the merge holds the visual tokenizer, the decoder the prefill and any graph capture",
+        "total_s": round(total, 4),
+    }
+    for part, part_spans in spans.items():
+        result[part] = {
+            "calls": len(part_spans.marks),
+            "s": round(part_spans.seconds(), 4),
+            "host_s": round(part_spans.host_s, 4),
         }
     return result

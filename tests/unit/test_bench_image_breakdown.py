@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from gpu_model import BackendOptions, EditRequest, GenerateRequest
+from gpu_model import BackendOptions, CaptionRequest, EditRequest, GenerateRequest
 from gpu_model.ovis_u1 import OvisU1Backend
 from tests.bench_scripts import load_bench_script
 from tests.fixtures.ovis_u1_standin.build import build_standin, isolated_modules_cache
@@ -77,3 +77,27 @@ def test_a_failing_item_leaves_the_model_s_callables_as_they_were(backend: OvisU
     with pytest.raises(RuntimeError, match="the item failed"):
         breakdown.image_breakdown(backend, failing, "cpu")
     assert _own_attributes(backend) == before
+
+
+def test_a_caption_micro_batch_counts_its_vision_merge_prefill_and_decode(backend: OvisU1Backend) -> None:
+    from gpu_model.ovis_u1_pipeline import OvisU1Pipeline
+
+    pipeline = backend._pipeline
+    # The CPU backend decodes with the model's own loop: a fast-decoding pipeline over the same model.
+    fast = OvisU1Pipeline(backend.model, device="cpu", dtype_name="bfloat16", fast_decode=True)
+    backend._pipeline = fast
+    try:
+        requests = [
+            CaptionRequest(image=Image.new("RGB", size, (30, 90, 200)), prompt="What?", max_new_tokens=3)
+            for size in [(80, 60), (40, 120), (150, 150)]
+        ]
+        result = breakdown.caption_breakdown(backend, lambda: backend.caption(requests), "cpu")
+    finally:
+        backend._pipeline = pipeline
+    calls = {part: result[part]["calls"] for part in breakdown.CAPTION_PARTS}
+    assert calls["merge_multimodal"] == calls["prefill"] == calls["decoder"] >= 1
+    assert calls["visual_tokenizer"] >= 1
+    assert result["decoder"]["s"] >= result["prefill"]["s"] > 0
+    assert result["total_s"] >= result["decoder"]["s"]
+    assert fast.decoder is not None and {"_prefill", "generate"}.isdisjoint(vars(fast.decoder))
+    assert "merge_multimodal" not in vars(backend.model)

@@ -90,34 +90,17 @@ def timed(owner: Any, name: str, spans: Spans) -> Iterator[None]:
 
 def image_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[str, Any]:
     """Run one item (`run`) through the loaded backend and say where its seconds went."""
-    import torch
-
     cuda = device.startswith("cuda")
     model = backend.model
     spans = {part: Spans(cuda) for part in PARTS}
     graphs = getattr(backend._pipeline, "dit_graphs", None)
     before = (graphs.captures, graphs.replays, graphs.capture_s) if graphs is not None else None
-    with contextlib.ExitStack() as stack:
-        for part, where in PARTS.items():
-            stack.enter_context(timed(*where(model), spans[part]))
-        if cuda:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        total = time.perf_counter() - started
+    total = _timed_run({part: where(model) for part, where in PARTS.items()}, spans, run, cuda)
     result: dict[str, Any] = {
-        "what": "one more item through the backend; each part timed "
-        + ("on the GPU between CUDA events around each call" if cuda else "by the host's clock"),
+        "what": "one more item through the backend; each part timed " + _HOW[cuda],
         "total_s": round(total, 4),
+        **_summary(spans),
     }
-    for part, part_spans in spans.items():
-        result[part] = {
-            "calls": len(part_spans.marks),
-            "s": round(part_spans.seconds(), 4),
-            "host_s": round(part_spans.host_s, 4),
-        }
     result["rest_s"] = round(total - sum(s.seconds() for s in spans.values()), 4)
     if graphs is not None and before is not None:
         result["dit_graphs"] = {
@@ -131,7 +114,6 @@ def image_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[s
 def caption_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[str, Any]:
     """Run one caption micro-batch (`run`) through the loaded backend and say where its seconds went
     (parts that nest are each timed whole: the merge holds the visual tokenizer, the decoder the prefill)."""
-    import torch
 
     cuda = device.startswith("cuda")
     model, decoder = backend.model, getattr(backend._pipeline, "decoder", None)
@@ -141,9 +123,27 @@ def caption_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict
         if decoder is not None or part not in ("prefill", "decoder", "graph_capture")
     }
     spans = {part: Spans(cuda) for part in parts}
+    total = _timed_run({part: where(model, decoder) for part, where in parts.items()}, spans, run, cuda)
+    return {
+        "what": "one more caption micro-batch through the backend; each part timed "
+        + _HOW[cuda]
+        + "; the merge holds the visual tokenizer, the decoder the prefill and any graph capture",
+        "total_s": round(total, 4),
+        **_summary(spans),
+    }
+
+
+_HOW = {True: "on the GPU between CUDA events around each call", False: "by the host's clock"}
+
+
+def _timed_run(
+    where: dict[str, tuple[Any, str]], spans: dict[str, Spans], run: Callable[[], Any], cuda: bool
+) -> float:
+    """Seconds `run` takes with each part's callable (where it exists) timed into its spans."""
+    import torch
+
     with contextlib.ExitStack() as stack:
-        for part, where in parts.items():
-            owner, name = where(model, decoder)
+        for part, (owner, name) in where.items():
             if hasattr(owner, name):
                 stack.enter_context(timed(owner, name, spans[part]))
         if cuda:
@@ -152,17 +152,11 @@ def caption_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict
         run()
         if cuda:
             torch.cuda.synchronize()
-        total = time.perf_counter() - started
-    result: dict[str, Any] = {
-        "what": "one more caption micro-batch through the backend; each part timed "
-        + ("on the GPU between CUDA events around each call" if cuda else "by the host's clock")
-        + "; the merge holds the visual tokenizer, the decoder the prefill and any graph capture",
-        "total_s": round(total, 4),
+        return time.perf_counter() - started
+
+
+def _summary(spans: dict[str, Spans]) -> dict[str, Any]:
+    return {
+        part: {"calls": len(s.marks), "s": round(s.seconds(), 4), "host_s": round(s.host_s, 4)}
+        for part, s in spans.items()
     }
-    for part, part_spans in spans.items():
-        result[part] = {
-            "calls": len(part_spans.marks),
-            "s": round(part_spans.seconds(), 4),
-            "host_s": round(part_spans.host_s, 4),
-        }
-    return result

@@ -114,7 +114,6 @@ def image_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[s
 def caption_breakdown(backend: Any, run: Callable[[], Any], device: str) -> dict[str, Any]:
     """Run one caption micro-batch (`run`) through the loaded backend and say where its seconds went
     (parts that nest are each timed whole: the merge holds the visual tokenizer, the decoder the prefill)."""
-
     cuda = device.startswith("cuda")
     model, decoder = backend.model, getattr(backend._pipeline, "decoder", None)
     parts = {

@@ -18,26 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.bench_scripts import BENCH, ROOT, load_bench_script
-
-REMOTE_CODE = Path(os.environ.get("OVIS_BENCH_REMOTE_CODE", ROOT / ".remote" / "ovis-u1"))
-
-
-builder = load_bench_script("build_ovis_u1_model")
-
-
-def _torchvision_imports() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # a torchvision built for another torch fails with RuntimeError, not ImportError
-        return False
-    return True
-
-
-needs_remote_code = pytest.mark.skipif(
-    not all((REMOTE_CODE / name).is_file() for name in builder.REMOTE_CODE) or not _torchvision_imports(),
-    reason=f"needs the official remote code in {REMOTE_CODE} (bench/README.md) and torchvision",
-)
+from tests.bench_scripts import BENCH, ROOT
+from tests.fixtures.ovis_u1_real_code import REMOTE_CODE, builder, needs_remote_code
 
 
 def test_the_full_size_config_is_the_published_architecture() -> None:

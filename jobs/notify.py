@@ -31,7 +31,7 @@ from jobs.lifecycle import JobStatus
 from jobs.models import Job
 from jobs.settings import Settings
 from jobs.state_moves import JOBS, now
-from jobs.webhook import EVENT, Attempt, backoff, post, request_headers, shown_url
+from jobs.webhook import EVENT, Attempt, backoff, post, refused_host, request_headers, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,10 @@ def deliver_notification(settings: Settings, job_id: str) -> NotifyState | None:
     body = json.dumps(payload(job, errors), separators=(",", ":")).encode()
     secret = settings.notify_secret.get_secret_value() if settings.notify_secret else None
     headers = request_headers(body, delivery_id, attempt, secret)
-    outcome = post(job.notify_url, body, headers, settings.notify_timeout_s)
+    # The hosts allowed are checked again at sending: the job may have been submitted under another list.
+    outcome = refused_host(job.notify_url, settings.notify_allowed_hosts) or post(
+        job.notify_url, body, headers, settings.notify_timeout_s
+    )
     state = _record(settings, job_id, delivery_id, attempt, outcome)
     fields = {"job_id": job_id, "delivery_id": delivery_id, "attempt": attempt}
     where = shown_url(job.notify_url)

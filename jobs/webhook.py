@@ -73,6 +73,16 @@ def check_notify_url(url: str, allowed_hosts: Sequence[str] = ()) -> str:
     return text
 
 
+def refused_host(url: str, allowed_hosts: Sequence[str]) -> Attempt | None:
+    """The attempt refused before any request when `allowed_hosts` lists some and the URL's host is not one
+    of them (a URL stored before the list was set, or under another list); None when it may be sent."""
+    host = urlsplit(url).hostname or ""
+    if not allowed_hosts or host_allowed(host, allowed_hosts):
+        return None
+    refusal = f"host {host[:80]!r} is not one OVIS_BATCH_NOTIFY_ALLOWED_HOSTS allows"
+    return Attempt(error=refusal, refused=True)
+
+
 def host_allowed(host: str, patterns: Sequence[str]) -> bool:
     """Whether `host` is one of `patterns`: a host name equal to it, or `*.domain` for any host under that
     domain (not the domain itself). Case and a final dot make no difference; an IP address matches only an
@@ -158,6 +168,8 @@ class Attempt:
     error: str | None = None
     #: Seconds the receiver asked to wait (Retry-After), if it did.
     retry_after: float | None = None
+    #: Not sent at all, for good: the URL's host is no longer one the settings allow.
+    refused: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -167,6 +179,8 @@ class Attempt:
     @property
     def retryable(self) -> bool:
         """No answer (network, timeout), 429 or 5xx: worth another attempt."""
+        if self.refused:
+            return False
         return self.status is None or self.status == 429 or self.status >= 500
 
     def describe(self) -> str:

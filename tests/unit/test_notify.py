@@ -16,7 +16,7 @@ import jobs.notify
 from jobs.api import Client
 from jobs.errors import InvalidParameters
 from jobs.lifecycle import JobKind
-from jobs.notify import ATTEMPT_GRACE_S, NotifyState, deliver_notifications
+from jobs.notify import ATTEMPT_GRACE_S, NotifyState, deliver_notification, deliver_notifications
 from jobs.reconcile import reconcile
 from jobs.settings import Settings
 from jobs.submit import ItemSpec
@@ -330,3 +330,18 @@ def test_the_backoff_doubles_up_to_an_hour_and_honours_retry_after() -> None:
 
 def test_status_states_are_the_three_of_the_enum() -> None:
     assert {state.value for state in NotifyState} == {"pending", "delivered", "failed"}
+
+
+def test_a_stored_url_whose_host_is_no_longer_allowed_is_not_sent(tmp_path: Path) -> None:
+    """Hosts are checked again at sending: a job submitted before OVIS_BATCH_NOTIFY_ALLOWED_HOSTS was set (or
+    under another list) is not POSTed to a host the list leaves out."""
+    with receiving([200]) as receiver:
+        job_id = _run_generate(_settings(tmp_path, receiver.url))
+        guarded = _settings(tmp_path, receiver.url, notify_allowed_hosts=["hooks.example.com"])
+        state = deliver_notification(guarded, job_id)
+
+    assert state is not None and state.value == "failed"
+    assert receiver.posts() == []
+    report = Client(guarded).status(job_id).notification
+    assert report is not None and (report.state, report.attempts, report.last_status) == ("failed", 1, None)
+    assert "OVIS_BATCH_NOTIFY_ALLOWED_HOSTS" in report.describe()

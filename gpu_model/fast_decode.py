@@ -210,21 +210,22 @@ class GreedyDecoder:
         out = torch.full((batch, new_tokens), pad_token_id, dtype=torch.long, device=self.device)
         #: The caller's row of each running slot row.
         order = list(range(batch))
-        for done in range(1, new_tokens):
-            with decode_attention_enabled(self.model, slot.variant or default):
+        # A smaller batch keeps the attention its rows were decoded with (see _compacted).
+        with decode_attention_enabled(self.model, slot.variant or default):
+            for done in range(1, new_tokens):
                 if slot.graph is not None:
                     slot.graph.replay()
                 else:
                     self._step(slot)
-            if done % self.check_every:
-                continue
-            running = (~slot.finished[: len(order)]).nonzero().flatten().tolist()
-            if not running:
-                break
-            left = max(limits[order[k]] for k in running) - done
-            if self.compact and 2 * len(running) <= slot.batch and left > self.check_every:
-                slot = self._compacted(slot, running, order, out, new_tokens)
-                order = [order[k] for k in running]
+                if done % self.check_every:
+                    continue
+                running = (~slot.finished[: len(order)]).nonzero().flatten().tolist()
+                if not running:
+                    break
+                left = max(limits[order[k]] for k in running) - done
+                if self.compact and 2 * len(running) <= slot.batch and left > self.check_every:
+                    slot = self._compacted(slot, running, order, out, new_tokens)
+                    order = [order[k] for k in running]
         out[order] = slot.tokens[: len(order), :new_tokens]
         return out.to("cpu")
 

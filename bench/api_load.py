@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.gpu_system import stop_worker
 from bench.raw_result import write_result
 from bench.submit_scale import write_manifest
 from jobs.db import dispose_engines, upgrade
@@ -161,13 +161,7 @@ def serving(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_worker(process)
 
 
 class Api:
